@@ -1,0 +1,321 @@
+//! Host names and IP literals in one normal form, so that `WWW.Esante-Centre.fr.`,
+//! `[::ffff:164.138.243.29]` and `0xa48af31d` are compared with what the flows list.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv6Net};
+
+/// A request's host: a lowercase DNS name without its trailing dot, or an IP address
+/// (IPv4-mapped IPv6 is folded to IPv4).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("empty host")]
+    Empty,
+    #[error("host is longer than 253 characters")]
+    TooLong,
+    #[error("{0:?} is not a valid host name")]
+    BadName(String),
+    #[error("{0:?} looks like an IPv4 address but is not a valid one")]
+    BadIpv4(String),
+    #[error("{0:?} is not a valid IPv6 address")]
+    BadIpv6(String),
+}
+
+impl Host {
+    /// Parses a host as it appears in a URI authority or a CONNECT target (IPv6 in brackets).
+    /// IPv4 is read the way `inet_aton` and browsers read it (`127.1`, `0x7f.0.0.1`,
+    /// `2130706433`), so that no odd spelling slips past a check on the normal form.
+    pub fn parse(input: &str) -> Result<Host, HostError> {
+        if input.is_empty() {
+            return Err(HostError::Empty);
+        }
+        if let Some(inner) = input.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| HostError::BadIpv6(input.to_string()))?;
+            let ip: Ipv6Addr = inner
+                .parse()
+                .map_err(|_| HostError::BadIpv6(input.to_string()))?;
+            return Ok(Host::Ip(normalize_ip(IpAddr::V6(ip))));
+        }
+        if input.contains(':') {
+            let ip: Ipv6Addr = input
+                .parse()
+                .map_err(|_| HostError::BadIpv6(input.to_string()))?;
+            return Ok(Host::Ip(normalize_ip(IpAddr::V6(ip))));
+        }
+        let name = input.strip_suffix('.').unwrap_or(input);
+        if name.is_empty() {
+            return Err(HostError::BadName(input.to_string()));
+        }
+        if name.len() > 253 {
+            return Err(HostError::TooLong);
+        }
+        let last_label = name.rsplit('.').next().unwrap_or(name);
+        if looks_numeric(last_label) {
+            return parse_ipv4_loose(name)
+                .map(|ip| Host::Ip(IpAddr::V4(ip)))
+                .ok_or_else(|| HostError::BadIpv4(input.to_string()));
+        }
+        let valid = name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !valid {
+            return Err(HostError::BadName(input.to_string()));
+        }
+        Ok(Host::Name(name.to_ascii_lowercase()))
+    }
+
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(name) => f.write_str(name),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+/// Folds IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4.
+pub fn normalize_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+const NAT64_PREFIX: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
+{
+    Ok(net) => net,
+    Err(_) => panic!("constant prefix"),
+};
+
+/// True for addresses that lead into a LAN or the host itself rather than to the internet:
+/// loopback, private (RFC 1918, ULA), link-local, CGNAT, unspecified, multicast, broadcast and
+/// documentation ranges. NAT64 addresses are judged by the IPv4 address they embed.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match normalize_ip(ip) {
+        IpAddr::V4(v4) => is_internal_v4(v4),
+        IpAddr::V6(v6) => {
+            if NAT64_PREFIX.contains(&v6) {
+                let o = v6.octets();
+                return is_internal_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
+        }
+    }
+}
+
+fn is_internal_v4(ip: Ipv4Addr) -> bool {
+    let cgnat: IpNet = "100.64.0.0/10".parse().expect("constant CIDR");
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.octets()[0] == 0
+        || ip.octets()[0] >= 240
+        || cgnat.contains(&IpAddr::V4(ip))
+}
+
+fn looks_numeric(label: &str) -> bool {
+    if label.is_empty() {
+        return false;
+    }
+    if let Some(hex) = label
+        .strip_prefix("0x")
+        .or_else(|| label.strip_prefix("0X"))
+    {
+        return hex.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    label.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `inet_aton` rules: one to four parts, each decimal, octal (leading 0) or hex (0x); the
+/// last part fills the remaining bytes.
+fn parse_ipv4_loose(input: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = input.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut numbers = Vec::with_capacity(4);
+    for part in &parts {
+        numbers.push(parse_ipv4_part(part)?);
+    }
+    let (last, init) = numbers.split_last()?;
+    if init.iter().any(|n| *n > 255) {
+        return None;
+    }
+    let last_bits = 8 * (4 - init.len() as u32);
+    if last_bits < 64 && *last >= 1u64 << last_bits {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for (i, n) in init.iter().enumerate() {
+        value |= n << (24 - 8 * i as u32);
+    }
+    value |= last;
+    u32::try_from(value).ok().map(Ipv4Addr::from)
+}
+
+fn parse_ipv4_part(part: &str) -> Option<u64> {
+    if part.is_empty() || part.len() > 12 {
+        return None;
+    }
+    if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+        if hex.is_empty() {
+            return Some(0);
+        }
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    if part.len() > 1 && part.starts_with('0') {
+        return u64::from_str_radix(&part[1..], 8).ok();
+    }
+    part.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Host {
+        Host::Ip(s.parse().unwrap())
+    }
+
+    #[test]
+    fn names_are_lowercased_and_lose_the_trailing_dot() {
+        assert_eq!(
+            Host::parse("WWW.Esante-Centre.FR.").unwrap(),
+            Host::Name("www.esante-centre.fr".into())
+        );
+        assert_eq!(
+            Host::parse("localhost").unwrap(),
+            Host::Name("localhost".into())
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "user@host",
+            "a b",
+            "ex%61mple.com",
+            "-",
+            "a/b",
+            "..",
+        ] {
+            assert!(Host::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(Host::parse(&"a".repeat(254)).is_err());
+        assert!(Host::parse(&format!("{}.com", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn ipv4_odd_spellings_are_normalised() {
+        for spelling in [
+            "127.0.0.1",
+            "2130706433",
+            "0x7f000001",
+            "0x7f.0.0.1",
+            "0177.0.0.1",
+            "127.1",
+            "127.0.1",
+            "127.0.0.1.",
+        ] {
+            assert_eq!(
+                Host::parse(spelling).unwrap(),
+                ip("127.0.0.1"),
+                "{spelling}"
+            );
+        }
+        assert_eq!(Host::parse("164.138.243.29").unwrap(), ip("164.138.243.29"));
+    }
+
+    #[test]
+    fn invalid_ipv4_is_an_error_not_a_name() {
+        for bad in [
+            "256.0.0.1",
+            "1.2.3.4.5",
+            "1.2.3.999",
+            "4294967296",
+            "08.0.0.1",
+            "1.2.65536",
+        ] {
+            assert!(
+                matches!(Host::parse(bad), Err(HostError::BadIpv4(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_forms() {
+        assert_eq!(Host::parse("[::1]").unwrap(), ip("::1"));
+        assert_eq!(Host::parse("::1").unwrap(), ip("::1"));
+        assert_eq!(Host::parse("[::ffff:127.0.0.1]").unwrap(), ip("127.0.0.1"));
+        assert_eq!(Host::parse("[2001:DB8::1]").unwrap(), ip("2001:db8::1"));
+        assert!(Host::parse("[::1").is_err());
+        assert!(Host::parse("[fe80::1%eth0]").is_err());
+        assert_eq!(Host::parse("[::1]").unwrap().to_string(), "[::1]");
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "255.255.255.255",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in [
+            "164.138.243.29",
+            "2a00:1450::1",
+            "64:ff9b::a48a:f31d",
+            "8.8.8.8",
+        ] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The configuration as written: serde types mirroring the TOML, lenient in their value
+//! types so that validation can report every problem with its key path.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct RawConfig {
+    pub profile: String,
+    pub environments: Vec<String>,
+    pub listen: RawListen,
+    #[serde(default)]
+    pub clients: RawClients,
+    #[serde(default)]
+    pub flows: Vec<RawFlow>,
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub upstream: Vec<RawUpstream>,
+    pub resolve: RawResolve,
+    pub limits: RawLimits,
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawListen {
+    pub proxy: Vec<String>,
+    pub via: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawClients {
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawFlow {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<i64>,
+    pub tls_ports: Option<Vec<i64>>,
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub allow_private: bool,
+    pub parent_auth: Option<bool>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawProfile {
+    pub flows: Vec<RawFlow>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRouting {
+    pub default: Option<String>,
+    pub direct: Vec<String>,
+    pub bypass_covotem_server: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawUpstream {
+    pub url: String,
+    #[serde(default = "auth_none")]
+    pub auth: String,
+    pub user: Option<String>,
+    pub domain: Option<String>,
+    /// Refused with a message: secrets do not belong in the config file. Never kept.
+    pub password: Option<serde::de::IgnoredAny>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub nt_hash_file: Option<String>,
+    pub workstation: Option<String>,
+    pub ca_file: Option<String>,
+    pub auth_backoff: Option<String>,
+    pub down_cooldown: Option<String>,
+}
+
+fn auth_none() -> String {
+    "none".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawResolve {
+    pub connect_to: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLimits {
+    pub connect_timeout: String,
+    pub idle_timeout: String,
+    pub header_timeout: String,
+    pub shutdown_grace: String,
+    pub requests_per_second: i64,
+    pub burst: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAudit {
+    pub sink: String,
+    pub path: Option<String>,
+    pub format: String,
+}

@@ -1,0 +1,261 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load_text(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    load_str(Some(text), Some(Path::new("test.toml")), &env(vars))
+}
+
+fn problems(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match load_text(text, vars) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.problems(),
+    }
+}
+
+#[test]
+fn the_embedded_default_is_the_covotem_production_profile() {
+    let c = load(None, &Env::new()).unwrap();
+    assert_eq!(c.listen.proxy, vec!["127.0.0.1:3128".parse().unwrap()]);
+    assert_eq!(c.policy.flows().len(), 9);
+    let on: Vec<&str> = c.policy.enabled_flows().map(|f| f.id.as_str()).collect();
+    assert_eq!(
+        on,
+        [
+            "portal-prod",
+            "tlm-prod",
+            "sectigo-crt",
+            "sectigo-ocsp",
+            "visio-equinix2",
+            "visio-equinix3",
+            "visio-signalling"
+        ]
+    );
+    assert_eq!(c.policy.routing().default, Route::Direct);
+    assert!(c.upstreams.is_empty());
+    assert_eq!(c.audit.sink, AuditSink::Stdout);
+    let visio = c
+        .policy
+        .flows()
+        .iter()
+        .find(|f| f.id == "visio-equinix2")
+        .unwrap();
+    assert!(visio.tls_ports.is_empty(), "visio TCP is not HTTPS");
+    assert_eq!(visio.ports, vec![443, 8084]);
+}
+
+#[test]
+fn preprod_switches_on_the_preprod_flows_only() {
+    let c = load_text("environments = [\"preprod\"]", &[]).unwrap();
+    let on: Vec<&str> = c.policy.enabled_flows().map(|f| f.id.as_str()).collect();
+    assert!(
+        on.contains(&"tlm-preprod") && !on.contains(&"tlm-prod"),
+        "{on:?}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let p = problems(
+        "[listen]\nproxi = [\"127.0.0.1:1\"]\n[limits]\nburts = 3\n",
+        &[],
+    );
+    assert!(
+        p.contains(&"listen.proxi: unknown key".to_string()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"limits.burts: unknown key".to_string()),
+        "{p:?}"
+    );
+    let p = problems("", &[("PASSERELLE__LISTEN__PROXI", "x")]);
+    assert_eq!(
+        p,
+        ["listen.proxi: unknown key (from the environment variable PASSERELLE__LISTEN__PROXI)"]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key_path() {
+    let text = r#"
+        [clients]
+        allow = ["10.0.0.0/33", "127.0.0.1/32"]
+        [[flows]]
+        id = "pacs"
+        hosts = ["pacs.chu.local"]
+        ports = [104]
+        [[flows]]
+        id = "hl7"
+        hosts = ["hl7.chu.local"]
+        ports = [70000]
+        idle_timeout = "soon"
+        [[upstream]]
+        url = "ftp://proxy"
+        [limits]
+        connect_timeout = "0s"
+    "#;
+    let p = problems(text, &[]);
+    for expected in [
+        "clients.allow[0]: \"10.0.0.0/33\" is not a CIDR",
+        "flows[1].ports[0]: 70000 is not a port",
+        "flows[1].idle_timeout: \"soon\" is not a duration",
+        "upstream[0].url: \"ftp://proxy\" must start with http:// or https://",
+        "limits.connect_timeout: must be longer than zero",
+    ] {
+        assert!(
+            p.iter().any(|x| x.starts_with(expected)),
+            "missing {expected:?} in {p:?}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_type_names_its_key() {
+    let p = problems(
+        "[[flows]]\nid = \"x\"\nhosts = [\"a.b\"]\nports = [\"http\"]\n",
+        &[],
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("flows[0].ports[0]:"), "{p:?}");
+}
+
+#[test]
+fn listening_beyond_loopback_needs_clients_allow() {
+    let p = problems("[listen]\nproxy = [\"0.0.0.0:3128\"]\n", &[]);
+    assert!(
+        p[0].starts_with("clients.allow: listen.proxy has 0.0.0.0:3128"),
+        "{p:?}"
+    );
+    let c = load_text(
+        "[listen]\nproxy = [\"0.0.0.0:3128\"]\n[clients]\nallow = [\"10.20.0.0/16\"]\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.policy.clients(),
+        &["10.20.0.0/16".parse::<ipnet::IpNet>().unwrap()]
+    );
+}
+
+#[test]
+fn environment_overrides_win_over_the_file() {
+    let c = load_text(
+        "[listen]\nproxy = [\"127.0.0.1:3128\"]\n[limits]\nburst = 5\n",
+        &[
+            (
+                "PASSERELLE__LISTEN__PROXY",
+                "127.0.0.2:8080, 127.0.0.3:8081",
+            ),
+            ("PASSERELLE__LIMITS__BURST", "7"),
+            ("PASSERELLE__ROUTING__BYPASS_COVOTEM_SERVER", "false"),
+            ("PASSERELLE_UNRELATED", "ignored"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        c.listen.proxy,
+        vec![
+            "127.0.0.2:8080".parse().unwrap(),
+            "127.0.0.3:8081".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.limits.burst, 7);
+    assert!(!c.policy.routing().bypass_covotem_server);
+}
+
+#[test]
+fn site_flows_join_the_profile_and_ids_are_unique() {
+    let c = load_text("[[flows]]\nid = \"pacs\"\nhosts = [\"PACS.chu.local.\"]\nports = [104, 443]\nallow_private = true\n", &[]).unwrap();
+    let pacs = c.policy.flows().iter().find(|f| f.id == "pacs").unwrap();
+    assert_eq!(pacs.hosts, ["pacs.chu.local"]);
+    assert_eq!(pacs.tls_ports, [443]);
+    assert!(pacs.enabled && pacs.allow_private);
+    let p = problems(
+        "[[flows]]\nid = \"tlm-prod\"\nhosts = [\"x.y\"]\nports = [1]\n",
+        &[],
+    );
+    assert!(
+        p[0].starts_with("flows[0].id: \"tlm-prod\" is already"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn upstream_secrets_come_from_env_or_files_never_the_config() {
+    let p = problems("[[upstream]]\nurl = \"http://proxy:8080\"\nauth = \"ntlm\"\nuser = 'CHU\\svc'\npassword = \"hunter2\"\n", &[]);
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("upstream[0].password: secrets do not belong")),
+        "{p:?}"
+    );
+    assert!(p.iter().all(|x| !x.contains("hunter2")), "{p:?}");
+
+    let text = "[[upstream]]\nurl = \"http://proxy.chu.local:8080\"\nauth = \"ntlm\"\nuser = 'CHU\\svc'\npassword_env = \"PW\"\n";
+    let c = load_text(text, &[("PW", "s3cret")]).unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.url, "http://proxy.chu.local:8080");
+    assert_eq!(u.credentials.as_ref().unwrap().account(), "CHU\\svc");
+    assert_eq!(c.policy.routing().default, Route::Upstream);
+    assert!(!format!("{c:?}").contains("s3cret"));
+    let p = problems(text, &[]);
+    assert_eq!(
+        p,
+        ["upstream[0].password_env: the environment variable PW is not set"]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let hash = dir.path().join("hash");
+    std::fs::write(&hash, "a4f49c406510bdcab6824ee7c30fd852\n").unwrap();
+    let text = format!("[[upstream]]\nurl = \"http://p:1\"\nauth = \"ntlm\"\nuser = \"u@d\"\nnt_hash_file = \"{}\"\n", hash.display());
+    assert!(load_text(&text, &[]).is_ok());
+}
+
+#[test]
+fn a_parent_that_is_ourselves_is_a_loop() {
+    let p = problems("[[upstream]]\nurl = \"http://127.0.0.1:3128\"\n", &[]);
+    assert!(p[0].contains("a proxy loop"), "{p:?}");
+}
+
+#[test]
+fn connect_to_entries() {
+    let c = load_text("[resolve]\nconnect_to = [\"covotem.esante-centre.fr:443=127.0.0.1:18443\", \"[::1]:80=127.0.0.1:1\"]\n", &[]).unwrap();
+    let host = Host::parse("covotem.esante-centre.fr").unwrap();
+    assert_eq!(
+        c.resolve.lookup(&host, 443),
+        Some("127.0.0.1:18443".parse().unwrap())
+    );
+    assert_eq!(
+        c.resolve.lookup(&Host::parse("::1").unwrap(), 80),
+        Some("127.0.0.1:1".parse().unwrap())
+    );
+    let p = problems("[resolve]\nconnect_to = [\"a:1=b:2\"]\n", &[]);
+    assert!(p[0].contains("the right side must be IP:PORT"), "{p:?}");
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let e = load_text("[listen\n", &[]).unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { .. }));
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn the_default_file_lists_every_section() {
+    for section in [
+        "[listen]",
+        "[clients]",
+        "[[flows]]",
+        "[routing]",
+        "[[upstream]]",
+        "[resolve]",
+        "[limits]",
+        "[audit]",
+    ] {
+        assert!(DEFAULT_TOML.contains(section), "{section}");
+    }
+}

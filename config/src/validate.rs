@@ -1,0 +1,634 @@
+//! From the raw configuration to a validated [`Config`]: every problem is collected with its
+//! key path (`flows[2].ports[0]: 70000 is not a port`), none stops the others from showing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use passerelle_auth::{AuthMode, Credentials, Secret};
+
+use crate::host::{normalize_ip, Host};
+use crate::policy::{Environment, Flow, Policy, Route, Routing};
+use crate::raw::{RawConfig, RawFlow, RawProfile, RawUpstream};
+use crate::routing::DirectPattern;
+use crate::{Audit, AuditFormat, AuditSink, Config, Limits, Listen, Problem, Resolve, Upstream};
+
+const COVOTEM_PROFILE: &str = include_str!("../profiles/covotem.toml");
+
+/// Collects problems while validation goes on.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.add(path, "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                self.add(
+                    path,
+                    format!(
+                        "{value:?} is not a duration ({e}); write e.g. \"10s\", \"15m\", \"1h\""
+                    ),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn port(&mut self, path: String, value: i64) -> Option<u16> {
+        match u16::try_from(value) {
+            Ok(p) if p != 0 => Some(p),
+            _ => {
+                self.add(path, format!("{value} is not a port"));
+                None
+            }
+        }
+    }
+}
+
+/// The environment variables the loader sees (injected by tests).
+pub type Env = BTreeMap<String, String>;
+
+pub(crate) fn compile(
+    raw: RawConfig,
+    env: &Env,
+    source: Option<PathBuf>,
+    digest: String,
+) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems::default();
+
+    let listen = listen(&raw, &mut p);
+    let clients = clients(&raw, &listen, &mut p);
+    let environments = environments(&raw, &mut p);
+    let flows = flows(&raw, &environments, &mut p);
+    let upstreams: Vec<Upstream> = raw
+        .upstream
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| upstream(u, &format!("upstream[{i}]"), env, &listen, &mut p))
+        .collect();
+    let routing = routing(&raw, !raw.upstream.is_empty(), &mut p);
+    let resolve = resolve(&raw, &mut p);
+    let limits = limits(&raw, &mut p);
+    let audit = audit(&raw, &mut p);
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(Config {
+        policy: Policy::new(flows, clients, routing),
+        listen,
+        upstreams,
+        resolve,
+        limits,
+        audit,
+        digest,
+        source,
+    })
+}
+
+fn listen(raw: &RawConfig, p: &mut Problems) -> Listen {
+    let mut proxy = Vec::new();
+    if raw.listen.proxy.is_empty() {
+        p.add("listen.proxy", "needs at least one address");
+    }
+    for (i, a) in raw.listen.proxy.iter().enumerate() {
+        match a.trim().parse::<SocketAddr>() {
+            Ok(addr) => proxy.push(addr),
+            Err(_) => p.add(
+                format!("listen.proxy[{i}]"),
+                format!("{a:?} is not an IP:port address"),
+            ),
+        }
+    }
+    let via = raw.listen.via.trim().to_string();
+    if via.is_empty()
+        || !via
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        p.add(
+            "listen.via",
+            format!("{via:?} must be a token (letters, digits, - . _)"),
+        );
+    }
+    Listen { proxy, via }
+}
+
+fn clients(raw: &RawConfig, listen: &Listen, p: &mut Problems) -> Vec<IpNet> {
+    match &raw.clients.allow {
+        Some(list) => {
+            let mut nets = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                let c = c.trim();
+                let parsed = c
+                    .parse::<IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(net) => nets.push(net),
+                    Err(_) => p.add(
+                        format!("clients.allow[{i}]"),
+                        format!("{c:?} is not a CIDR (e.g. 10.20.0.0/16)"),
+                    ),
+                }
+            }
+            nets
+        }
+        None => {
+            if let Some(open) = listen.proxy.iter().find(|a| !a.ip().is_loopback()) {
+                p.add(
+                    "clients.allow",
+                    format!(
+                        "listen.proxy has {open}, which is not loopback: set clients.allow to the \
+                         workstations' networks (Passerelle never runs as an open proxy)"
+                    ),
+                );
+            }
+            vec![
+                "127.0.0.0/8".parse().expect("constant CIDR"),
+                "::1/128".parse().expect("constant CIDR"),
+            ]
+        }
+    }
+}
+
+fn environments(raw: &RawConfig, p: &mut Problems) -> HashSet<Environment> {
+    let mut set = HashSet::new();
+    for (i, e) in raw.environments.iter().enumerate() {
+        match e.trim() {
+            "production" => {
+                set.insert(Environment::Production);
+            }
+            "preprod" => {
+                set.insert(Environment::Preprod);
+            }
+            other => p.add(
+                format!("environments[{i}]"),
+                format!("{other:?} is not an environment (production, preprod)"),
+            ),
+        }
+    }
+    set
+}
+
+fn flows(raw: &RawConfig, environments: &HashSet<Environment>, p: &mut Problems) -> Vec<Flow> {
+    let mut out = Vec::new();
+    match raw.profile.as_str() {
+        "none" => {}
+        "covotem" => match toml::from_str::<RawProfile>(COVOTEM_PROFILE) {
+            Ok(profile) => {
+                for (i, f) in profile.flows.iter().enumerate() {
+                    if let Some(flow) =
+                        flow(f, &format!("profile(covotem).flows[{i}]"), environments, p)
+                    {
+                        out.push(flow);
+                    }
+                }
+            }
+            Err(e) => p.add(
+                "profile",
+                format!("the embedded covotem profile does not parse: {e}"),
+            ),
+        },
+        other => p.add(
+            "profile",
+            format!("{other:?} is not a profile (covotem, none)"),
+        ),
+    }
+    for (i, f) in raw.flows.iter().enumerate() {
+        if let Some(flow) = flow(f, &format!("flows[{i}]"), environments, p) {
+            out.push(flow);
+        }
+    }
+    for (i, f) in raw.flows.iter().enumerate() {
+        if out.iter().filter(|o| o.id == f.id).count() > 1 {
+            p.add(
+                format!("flows[{i}].id"),
+                format!("{:?} is already the id of another flow", f.id),
+            );
+        }
+    }
+    out
+}
+
+fn flow(
+    f: &RawFlow,
+    path: &str,
+    environments: &HashSet<Environment>,
+    p: &mut Problems,
+) -> Option<Flow> {
+    let before = p.0.len();
+    if f.id.is_empty()
+        || !f
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        p.add(
+            format!("{path}.id"),
+            format!("{:?} must be lowercase letters, digits, - or _", f.id),
+        );
+    }
+    let mut hosts = Vec::new();
+    let mut ips = Vec::new();
+    for (i, h) in f.hosts.iter().enumerate() {
+        match Host::parse(h.trim()) {
+            Ok(Host::Name(n)) => hosts.push(n),
+            Ok(Host::Ip(ip)) => ips.push(ip),
+            Err(e) => p.add(format!("{path}.hosts[{i}]"), e.to_string()),
+        }
+    }
+    for (i, ip) in f.ips.iter().enumerate() {
+        match ip
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => ips.push(normalize_ip(ip)),
+            Err(_) => p.add(
+                format!("{path}.ips[{i}]"),
+                format!("{ip:?} is not an IP address"),
+            ),
+        }
+    }
+    if hosts.is_empty() && ips.is_empty() {
+        p.add(
+            format!("{path}.hosts"),
+            "a flow needs at least one host or IP",
+        );
+    }
+    if f.ports.is_empty() {
+        p.add(format!("{path}.ports"), "a flow needs at least one port");
+    }
+    let ports: Vec<u16> = f
+        .ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, port)| p.port(format!("{path}.ports[{i}]"), *port))
+        .collect();
+    let tls_ports: Vec<u16> = match &f.tls_ports {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, port)| {
+                let port = p.port(format!("{path}.tls_ports[{i}]"), *port)?;
+                if !ports.contains(&port) {
+                    p.add(
+                        format!("{path}.tls_ports[{i}]"),
+                        format!("{port} is not among the flow's ports"),
+                    );
+                }
+                Some(port)
+            })
+            .collect(),
+        None => ports.iter().copied().filter(|&port| port == 443).collect(),
+    };
+    let environment = match f.environment.as_deref().unwrap_or("all") {
+        "all" => Environment::All,
+        "production" => Environment::Production,
+        "preprod" => Environment::Preprod,
+        other => {
+            p.add(
+                format!("{path}.environment"),
+                format!("{other:?} is not an environment (all, production, preprod)"),
+            );
+            Environment::All
+        }
+    };
+    let idle_timeout = f
+        .idle_timeout
+        .as_deref()
+        .map(|d| p.duration(&format!("{path}.idle_timeout"), d));
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Flow {
+        id: f.id.clone(),
+        description: f.description.clone(),
+        hosts,
+        ips,
+        ports,
+        tls_ports,
+        environment,
+        tags: f.tags.clone(),
+        allow_private: f.allow_private,
+        parent_auth: f.parent_auth.unwrap_or(true),
+        idle_timeout,
+        enabled: environment == Environment::All || environments.contains(&environment),
+    })
+}
+
+fn routing(raw: &RawConfig, has_parents: bool, p: &mut Problems) -> Routing {
+    let default = match raw.routing.default.as_deref() {
+        None => {
+            if has_parents {
+                Route::Upstream
+            } else {
+                Route::Direct
+            }
+        }
+        Some("direct") => Route::Direct,
+        Some("upstream") => {
+            if !has_parents {
+                p.add(
+                    "routing.default",
+                    "\"upstream\" needs at least one [[upstream]] entry",
+                );
+            }
+            Route::Upstream
+        }
+        Some(other) => {
+            p.add(
+                "routing.default",
+                format!("{other:?} is not a route (upstream, direct)"),
+            );
+            Route::Direct
+        }
+    };
+    let direct = raw
+        .routing
+        .direct
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match DirectPattern::parse(d) {
+            Ok(pattern) => Some(pattern),
+            Err(e) => {
+                p.add(format!("routing.direct[{i}]"), e.to_string());
+                None
+            }
+        })
+        .collect();
+    Routing {
+        default,
+        direct,
+        bypass_covotem_server: raw.routing.bypass_covotem_server,
+    }
+}
+
+fn upstream(
+    u: &RawUpstream,
+    path: &str,
+    env: &Env,
+    listen: &Listen,
+    p: &mut Problems,
+) -> Option<Upstream> {
+    let before = p.0.len();
+    let (tls, rest) = if let Some(rest) = u.url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = u.url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        p.add(
+            format!("{path}.url"),
+            format!("{:?} must start with http:// or https://", u.url),
+        );
+        return None;
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains(['/', '@', '?', '#']) {
+        p.add(
+            format!("{path}.url"),
+            format!(
+                "{:?} must be scheme://host:port, without path or user",
+                u.url
+            ),
+        );
+    }
+    let (host, port) = match split_host_port(authority) {
+        Some((h, port)) => (h, port),
+        None => (authority, Some(if tls { 443 } else { 3128 })),
+    };
+    let port = port.unwrap_or_else(|| {
+        p.add(format!("{path}.url"), format!("{:?} has a bad port", u.url));
+        0
+    });
+    let host = match Host::parse(host) {
+        Ok(h) => h,
+        Err(e) => {
+            p.add(format!("{path}.url"), e.to_string());
+            return None;
+        }
+    };
+    if let Host::Ip(ip) = host {
+        if listen
+            .proxy
+            .iter()
+            .any(|l| l.port() == port && (l.ip() == ip || l.ip().is_unspecified()))
+        {
+            p.add(
+                format!("{path}.url"),
+                format!(
+                    "{} is one of Passerelle's own listen addresses (a proxy loop)",
+                    u.url
+                ),
+            );
+        }
+    }
+    let auth = AuthMode::parse(&u.auth).unwrap_or_else(|| {
+        p.add(
+            format!("{path}.auth"),
+            format!("{:?} is not an auth mode (none, basic, ntlm, auto)", u.auth),
+        );
+        AuthMode::None
+    });
+    if u.password.is_some() {
+        p.add(
+            format!("{path}.password"),
+            "secrets do not belong in the config file: use password_env, password_file (systemd \
+             LoadCredential, container secrets) or nt_hash_file",
+        );
+    }
+    let sources = [&u.password_env, &u.password_file, &u.nt_hash_file]
+        .iter()
+        .filter(|s| s.is_some())
+        .count();
+    if sources > 1 {
+        p.add(
+            path.to_string(),
+            "give only one of password_env, password_file, nt_hash_file",
+        );
+    }
+    let secret = if let Some(var) = &u.password_env {
+        match env.get(var) {
+            Some(v) if !v.is_empty() => Some(Secret::Password(v.clone())),
+            _ => {
+                p.add(
+                    format!("{path}.password_env"),
+                    format!("the environment variable {var} is not set"),
+                );
+                None
+            }
+        }
+    } else if let Some(file) = &u.password_file {
+        Secret::read_password_file(file.as_ref())
+            .map_err(|e| p.add(format!("{path}.password_file"), e.to_string()))
+            .ok()
+    } else if let Some(file) = &u.nt_hash_file {
+        Secret::read_nt_hash_file(file.as_ref())
+            .map_err(|e| p.add(format!("{path}.nt_hash_file"), e.to_string()))
+            .ok()
+    } else {
+        None
+    };
+    let credentials = match (&u.user, secret) {
+        (Some(user), Some(secret)) => Credentials::new(user, u.domain.as_deref(), secret)
+            .map_err(|e| p.add(format!("{path}.user"), e.to_string()))
+            .ok(),
+        (None, Some(_)) => {
+            p.add(format!("{path}.user"), "a secret is given but no user");
+            None
+        }
+        (Some(_), None) if sources == 0 => {
+            p.add(
+                path.to_string(),
+                "user is set but no password_env, password_file or nt_hash_file",
+            );
+            None
+        }
+        _ => None,
+    };
+    if auth != AuthMode::None && u.user.is_none() {
+        p.add(
+            format!("{path}.user"),
+            format!("auth = \"{auth}\" needs a user and a secret"),
+        );
+    }
+    if auth == AuthMode::Basic && u.nt_hash_file.is_some() {
+        p.add(
+            format!("{path}.nt_hash_file"),
+            "Basic needs the password itself, not its NT hash",
+        );
+    }
+    let auth_backoff = u
+        .auth_backoff
+        .as_deref()
+        .map_or(Duration::from_secs(60), |d| {
+            p.duration(&format!("{path}.auth_backoff"), d)
+        });
+    let down_cooldown = u
+        .down_cooldown
+        .as_deref()
+        .map_or(Duration::from_secs(30), |d| {
+            p.duration(&format!("{path}.down_cooldown"), d)
+        });
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Upstream {
+        url: format!("{}://{}:{}", if tls { "https" } else { "http" }, host, port),
+        host,
+        port,
+        tls,
+        ca_file: u.ca_file.as_ref().map(PathBuf::from),
+        auth,
+        credentials,
+        workstation: u
+            .workstation
+            .clone()
+            .unwrap_or_else(|| "PASSERELLE".to_string()),
+        auth_backoff,
+        down_cooldown,
+    })
+}
+
+/// `host:port`, `[v6]:port`; `None` when there is no port; `Some((_, None))` for a bad one.
+fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if s.starts_with('[') {
+        let end = s.find(']')?;
+        let port = s[end + 1..].strip_prefix(':')?;
+        (&s[..=end], port)
+    } else {
+        let (h, port) = s.rsplit_once(':')?;
+        if h.contains(':') {
+            return None;
+        }
+        (h, port)
+    };
+    Some((host, port.parse().ok().filter(|p| *p != 0)))
+}
+
+fn resolve(raw: &RawConfig, p: &mut Problems) -> Resolve {
+    let mut connect_to = HashMap::new();
+    for (i, entry) in raw.resolve.connect_to.iter().enumerate() {
+        let path = format!("resolve.connect_to[{i}]");
+        let Some((from, to)) = entry.split_once('=') else {
+            p.add(path, format!("{entry:?} must be HOST:PORT=IP:PORT"));
+            continue;
+        };
+        let from = match split_host_port(from.trim()) {
+            Some((h, Some(port))) => Host::parse(h).ok().map(|h| (h, port)),
+            _ => None,
+        };
+        let to = to.trim().parse::<SocketAddr>().ok();
+        match (from, to) {
+            (Some(key), Some(addr)) => {
+                connect_to.insert(key, addr);
+            }
+            (None, _) => p.add(path, format!("{entry:?}: the left side must be HOST:PORT")),
+            (_, None) => p.add(path, format!("{entry:?}: the right side must be IP:PORT")),
+        }
+    }
+    Resolve { connect_to }
+}
+
+fn limits(raw: &RawConfig, p: &mut Problems) -> Limits {
+    let l = &raw.limits;
+    let positive = |p: &mut Problems, path: &str, v: i64| -> u32 {
+        match u32::try_from(v) {
+            Ok(v) if v > 0 => v,
+            _ => {
+                p.add(path, format!("{v} must be a whole number above zero"));
+                1
+            }
+        }
+    };
+    Limits {
+        connect_timeout: p.duration("limits.connect_timeout", &l.connect_timeout),
+        idle_timeout: p.duration("limits.idle_timeout", &l.idle_timeout),
+        header_timeout: p.duration("limits.header_timeout", &l.header_timeout),
+        shutdown_grace: p.duration("limits.shutdown_grace", &l.shutdown_grace),
+        requests_per_second: positive(p, "limits.requests_per_second", l.requests_per_second),
+        burst: positive(p, "limits.burst", l.burst),
+    }
+}
+
+fn audit(raw: &RawConfig, p: &mut Problems) -> Audit {
+    let a = &raw.audit;
+    let sink = match (a.sink.as_str(), &a.path) {
+        ("stdout", _) => AuditSink::Stdout,
+        ("file", Some(path)) if !path.is_empty() => AuditSink::File(PathBuf::from(path)),
+        ("file", _) => {
+            p.add("audit.path", "sink = \"file\" needs a path");
+            AuditSink::Stdout
+        }
+        (other, _) => {
+            p.add(
+                "audit.sink",
+                format!("{other:?} is not a sink (stdout, file)"),
+            );
+            AuditSink::Stdout
+        }
+    };
+    let format = match a.format.as_str() {
+        "json" => AuditFormat::Json,
+        other => {
+            p.add("audit.format", format!("{other:?} is not a format (json)"));
+            AuditFormat::Json
+        }
+    };
+    Audit { sink, format }
+}
