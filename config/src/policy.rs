@@ -143,6 +143,16 @@ impl DenyReason {
             DenyReason::FlowDisabled { .. } => "flow_disabled",
         }
     }
+
+    /// The flow that matched partially (host known, port or environment not).
+    pub fn flow(&self) -> Option<&str> {
+        match self {
+            DenyReason::PortNotOpen { flow, .. } | DenyReason::FlowDisabled { flow, .. } => {
+                Some(flow)
+            }
+            DenyReason::ClientNotAllowed { .. } | DenyReason::NoFlow => None,
+        }
+    }
 }
 
 impl fmt::Display for DenyReason {

@@ -1,1 +1,218 @@
-//! placeholder
+//! Passerelle's runtime: listeners and connection handling, the request path
+//! ([`service`]), connectors (direct and parent), relays, and the audit writer.
+//! [`Gateway::start`] runs it in-process (tests do), the `passerelle` binary around it.
+
+pub mod audit;
+pub mod body;
+pub mod connect;
+pub mod error;
+pub mod headers;
+pub mod parent;
+pub mod pool;
+pub mod relay;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use passerelle_config::{Config, ConfigError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{AuditLog, AuditWriter};
+use crate::parent::Parents;
+use crate::pool::Pool;
+use crate::service::{Runtime, Shared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the audit sink: {0}")]
+    Audit(std::io::Error),
+    #[error("upstream: {0}")]
+    Parents(String),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    /// Cancelled at shutdown: listeners stop accepting, connections finish their exchange.
+    closing: CancellationToken,
+    proxy_addrs: Vec<SocketAddr>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    writer: AuditWriter,
+}
+
+impl Gateway {
+    /// Binds every listener, opens the audit sink, and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let parents = Parents::new(&config.upstreams).map_err(StartError::Parents)?;
+        let (audit, writer) = AuditLog::open(&config.audit.sink).map_err(StartError::Audit)?;
+        let mut listeners = Vec::new();
+        for addr in &config.listen.proxy {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime { config, parents }),
+            audit,
+            origins: Pool::new(),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        });
+        let closing = CancellationToken::new();
+        let mut proxy_addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for listener in listeners {
+            proxy_addrs.push(listener.local_addr().map_err(StartError::Audit)?);
+            accept_tasks.push(tokio::spawn(accept(
+                listener,
+                shared.clone(),
+                closing.clone(),
+            )));
+        }
+        Ok(Gateway {
+            shared,
+            closing,
+            proxy_addrs,
+            accept_tasks,
+            writer,
+        })
+    }
+
+    /// The proxy listeners' actual addresses (port 0 resolved).
+    pub fn proxy_addrs(&self) -> &[SocketAddr] {
+        &self.proxy_addrs
+    }
+
+    /// The running configuration's digest.
+    pub fn digest(&self) -> String {
+        self.shared.runtime.load().config.digest.clone()
+    }
+
+    /// Applies a reload: a valid configuration is swapped in whole (open tunnels keep
+    /// running; new requests see it), an invalid one is refused and the old one stays.
+    /// Either way the audit gets a record with the digests.
+    pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), String> {
+        let before = self.digest();
+        let outcome = loaded.map_err(|e| e.to_string()).and_then(|config| {
+            let parents = Parents::new(&config.upstreams)?;
+            Ok(Runtime { config, parents })
+        });
+        match outcome {
+            Ok(runtime) => {
+                let current = self.shared.runtime.load();
+                if runtime.config.listen.proxy != current.config.listen.proxy {
+                    tracing::warn!("reload: listen.proxy changes take effect at the next restart");
+                }
+                let after = runtime.config.digest.clone();
+                self.shared.runtime.store(Arc::new(runtime));
+                self.shared.origins.clear();
+                self.shared.audit.reload(true, None, &before, Some(&after));
+                tracing::info!(digest = %after, "reload.accepted");
+                Ok(())
+            }
+            Err(problems) => {
+                self.shared
+                    .audit
+                    .reload(false, Some(problems.clone()), &before, None);
+                tracing::error!("reload.refused: the running configuration stays\n{problems}");
+                Err(problems)
+            }
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, let requests and tunnels finish within the grace
+    /// period, end what is left, and write every audit record.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let Gateway {
+            shared,
+            closing,
+            accept_tasks,
+            writer,
+            ..
+        } = self;
+        closing.cancel();
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        let grace = shared.runtime.load().config.limits.shutdown_grace;
+        let tracker = shared.tracker.clone();
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?grace, "shutdown: grace period over, closing what is left");
+            shared.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+        drop(shared);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = closing.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let _ = stream.set_nodelay(true);
+                shared
+                    .tracker
+                    .spawn(serve(stream, client, shared.clone(), closing.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "accept.failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One client connection: HTTP/1.1 with keep-alive and CONNECT upgrades.
+async fn serve(
+    stream: TcpStream,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    closing: CancellationToken,
+) {
+    let header_timeout = shared.runtime.load().config.limits.header_timeout;
+    let stop = shared.stop.clone();
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| service::handle(shared.clone(), client, req))
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = closing.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {}
+    }
+}

@@ -1,0 +1,109 @@
+//! Direct connections: resolve (static `connect_to` first, then DNS), refuse internal
+//! addresses unless the flow allows them, connect with a timeout to the address checked.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use passerelle_config::host::is_internal;
+use passerelle_config::{Flow, Host, Resolve, Target};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::error::{ConnectError, Hop};
+
+/// A byte stream to the next hop: TCP, TLS to a parent, or a tunnel through a parent.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type BoxedIo = Box<dyn Io>;
+
+/// The addresses to try for a direct connection, already checked against the flow.
+pub async fn resolve(
+    resolve: &Resolve,
+    target: &Target,
+    flow: &Flow,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, ConnectError> {
+    if let Some(addr) = resolve.lookup(&target.host, target.port) {
+        // connect_to is trusted config (split DNS, tests): its address may be internal.
+        return Ok(vec![addr]);
+    }
+    let host_text = target.host.to_string();
+    let candidates: Vec<SocketAddr> = match &target.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+        Host::Name(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), target.port));
+            match tokio::time::timeout(timeout, lookup).await {
+                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Err(source)) => {
+                    return Err(ConnectError::Resolve {
+                        host: host_text,
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(ConnectError::Resolve {
+                        host: host_text,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "DNS lookup timed out",
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    let mut allowed = Vec::with_capacity(candidates.len());
+    let mut internal: Option<IpAddr> = None;
+    for addr in candidates {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if !flow.allow_private && is_internal(addr.ip()) {
+            internal.get_or_insert(addr.ip());
+        } else {
+            allowed.push(addr);
+        }
+    }
+    match (allowed.is_empty(), internal) {
+        (false, _) => Ok(allowed),
+        (true, Some(addr)) => Err(ConnectError::Internal {
+            host: host_text,
+            addr,
+            flow: flow.id.clone(),
+        }),
+        (true, None) => Err(ConnectError::NoAddress { host: host_text }),
+    }
+}
+
+/// Connects to the first address that answers within the timeout (each address gets its
+/// share of it).
+pub async fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    hop: Hop,
+) -> Result<TcpStream, ConnectError> {
+    let per_address = timeout / addrs.len().max(1) as u32;
+    let mut last = None;
+    for addr in addrs {
+        match tokio::time::timeout(per_address, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(source)) => {
+                last = Some(ConnectError::Io {
+                    hop,
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                last = Some(ConnectError::Timeout {
+                    hop,
+                    addr: addr.to_string(),
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(ConnectError::NoAddress {
+        host: "(no address)".to_string(),
+    }))
+}

@@ -1,0 +1,259 @@
+//! The `passerelle` command: run the gateway, check a configuration, print the defaults,
+//! hash a password for `nt_hash_file`.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use passerelle_config::{Config, ConfigError, Env, Route};
+use passerelle_gateway::Gateway;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Passerelle: the allowlisting forward proxy for the Covotem telemedicine flows.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Without it: the embedded default (Covotem production
+    /// flows, 127.0.0.1:3128, direct, audit to stdout).
+    #[arg(long, short, global = true, env = "PASSERELLE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default command). SIGHUP reloads, SIGTERM/SIGINT stop gracefully.
+    Run,
+    /// Validate the configuration; print the effective flows, or every problem (exit 2).
+    CheckConfig,
+    /// Print a commented configuration with every key and its default.
+    PrintDefaultConfig,
+    /// Read a password (without echo) and print its NT hash, for `nt_hash_file`.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config.as_deref()),
+        Command::CheckConfig => check_config(cli.config.as_deref()),
+        Command::PrintDefaultConfig => {
+            print!("{}", passerelle_config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::HashPassword => hash_password(),
+    }
+}
+
+fn env() -> Env {
+    std::env::vars().collect()
+}
+
+fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    passerelle_config::load(path, &env())
+}
+
+fn report(error: &ConfigError) -> ExitCode {
+    eprintln!("passerelle: the configuration is not valid:");
+    for problem in error.problems() {
+        eprintln!("  {problem}");
+    }
+    ExitCode::from(2)
+}
+
+fn init_tracing() {
+    let filter = std::env::var("PASSERELLE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    init_tracing();
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => return report(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("passerelle: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("passerelle: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
+    let flows: Vec<String> = config
+        .policy
+        .enabled_flows()
+        .map(|f| f.id.clone())
+        .collect();
+    let route = config.policy.routing().default;
+    let parents: Vec<String> = config.upstreams.iter().map(|u| u.url.clone()).collect();
+    let gateway = Gateway::start(config).await?;
+    let listening: Vec<String> = gateway
+        .proxy_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    tracing::info!(
+        "passerelle listening on {}; flows on: {}; route: {}{}",
+        listening.join(", "),
+        flows.join(", "),
+        route,
+        if parents.is_empty() {
+            String::new()
+        } else {
+            format!(" via {}", parents.join(", "))
+        }
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("reload requested (SIGHUP)");
+                let _ = gateway.reload(load(path));
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections; waiting for requests and tunnels in flight");
+    gateway.shutdown().await?;
+    tracing::info!("stopped; audit flushed");
+    Ok(())
+}
+
+fn check_config(path: Option<&Path>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => return report(&e),
+    };
+    let policy = &config.policy;
+    let rows: Vec<[String; 4]> = policy
+        .enabled_flows()
+        .map(|f| {
+            let names: Vec<String> = f
+                .hosts
+                .iter()
+                .cloned()
+                .chain(f.ips.iter().map(|i| i.to_string()))
+                .collect();
+            let ports: Vec<String> = f.ports.iter().map(u16::to_string).collect();
+            let route = match f
+                .hosts
+                .first()
+                .and_then(|h| passerelle_config::Host::parse(h).ok())
+            {
+                Some(host) => policy.route(f, &host),
+                None => policy.routing().default,
+            };
+            let route = match route {
+                Route::Direct => "direct".to_string(),
+                Route::Upstream => "upstream".to_string(),
+            };
+            [f.id.clone(), names.join(", "), ports.join(", "), route]
+        })
+        .collect();
+    let header = ["FLOW", "HOSTS", "PORTS", "ROUTE"].map(String::from);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .chain(std::iter::once(&header))
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    let off: Vec<&str> = policy
+        .flows()
+        .iter()
+        .filter(|f| !f.enabled)
+        .map(|f| f.id.as_str())
+        .collect();
+    if !off.is_empty() {
+        println!("\nOff (environment not enabled): {}", off.join(", "));
+    }
+    let listen: Vec<String> = config.listen.proxy.iter().map(|a| a.to_string()).collect();
+    println!(
+        "\nListening on {}; clients: {}",
+        listen.join(", "),
+        policy
+            .clients()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for u in &config.upstreams {
+        let account = u
+            .credentials
+            .as_ref()
+            .map(|c| c.account())
+            .unwrap_or_else(|| "-".into());
+        println!("Parent {} (auth {}, account {})", u.url, u.auth, account);
+    }
+    println!("Configuration is valid (digest {}).", &config.digest[..16]);
+    ExitCode::SUCCESS
+}
+
+fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        match rpassword::prompt_password("Password: ") {
+            Ok(p) => zeroize::Zeroizing::new(p),
+            Err(e) => {
+                eprintln!("passerelle: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+            eprintln!("passerelle: cannot read the password from standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+        let trimmed = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        zeroize::Zeroizing::new(trimmed.to_string())
+    };
+    if password.is_empty() {
+        eprintln!("passerelle: empty password");
+        return ExitCode::from(2);
+    }
+    let hash = passerelle_auth::nt_hash(&password);
+    println!(
+        "{}",
+        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    ExitCode::SUCCESS
+}

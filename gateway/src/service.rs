@@ -1,0 +1,333 @@
+//! The request path, readable top to bottom: parse the target → decide (allow, then route)
+//! → connect (direct or through a parent) → relay (tunnel or forward) → audit. Errors from
+//! every step become a response in one place ([`GatewayError::into_response`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, HOST};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use passerelle_config::{ClientInfo, Config, Decision, Flow, Host, Kind, Route, Target};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{AuditLog, Recorder};
+use crate::body::{empty, Body, Counted, Direction};
+use crate::connect::{connect_any, resolve, BoxedIo};
+use crate::error::{ConnectError, GatewayError, Hop};
+use crate::headers::{add_via, has_our_via, strip_hop_by_hop};
+use crate::parent::Parents;
+use crate::pool::Pool;
+use crate::relay;
+
+/// One configuration and what is built from it; swapped whole on reload.
+pub struct Runtime {
+    pub config: Config,
+    pub parents: Parents,
+}
+
+/// What every request shares.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub audit: AuditLog,
+    pub origins: Arc<Pool<(Host, u16)>>,
+    pub tracker: TaskTracker,
+    /// Cancelled when shutdown's grace period is over: tunnels end, records are written.
+    pub stop: CancellationToken,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let runtime = shared.runtime.load_full();
+    let record = shared.audit.start(client, req.method().as_str());
+    let response = match proxy(&shared, &runtime, client, req, &record).await {
+        Ok(response) => response,
+        Err(error) => {
+            match &error {
+                GatewayError::Denied { reason, .. } => {
+                    record.deny(reason.code(), reason.to_string(), reason.flow())
+                }
+                other => record.fail(other.code(), other.to_string()),
+            }
+            error.into_response()
+        }
+    };
+    record.status(response.status().as_u16());
+    Ok(response)
+}
+
+async fn proxy(
+    shared: &Shared,
+    runtime: &Runtime,
+    client: SocketAddr,
+    req: Request<Incoming>,
+    record: &Recorder,
+) -> Result<Response<Body>, GatewayError> {
+    let policy = &runtime.config.policy;
+    let client = ClientInfo { addr: client };
+    let target = request_target(&req)?;
+    record.target(&target, scheme(&target), path(&req));
+    if has_our_via(req.headers(), &runtime.config.listen.via) {
+        return Err(GatewayError::Loop(runtime.config.listen.via.clone()));
+    }
+    let (flow, route) = match policy.decide(&client, &target) {
+        Decision::Allow { flow, route } => (flow, route),
+        Decision::Deny(reason) => {
+            return Err(GatewayError::Denied {
+                what: describe(&req, &target),
+                reason,
+            })
+        }
+    };
+    record.allow(&flow.id, route);
+    match target.kind {
+        Kind::Connect => tunnel(shared, runtime, req, &target, &flow, route, record).await,
+        Kind::Forward => forward(shared, runtime, req, &target, &flow, route, record).await,
+    }
+}
+
+/// CONNECT: reach the target first, answer 200 only then, and relay in a tracked task.
+async fn tunnel(
+    shared: &Shared,
+    runtime: &Runtime,
+    mut req: Request<Incoming>,
+    target: &Target,
+    flow: &Flow,
+    route: Route,
+    record: &Recorder,
+) -> Result<Response<Body>, GatewayError> {
+    let limits = &runtime.config.limits;
+    let (upstream, route_taken): (BoxedIo, String) = match route {
+        Route::Direct => {
+            let addrs = resolve(
+                &runtime.config.resolve,
+                target,
+                flow,
+                limits.connect_timeout,
+            )
+            .await?;
+            let stream = connect_any(&addrs, limits.connect_timeout, Hop::Origin).await?;
+            (Box::new(stream), "direct".to_string())
+        }
+        Route::Upstream => {
+            runtime
+                .parents
+                .tunnel(target, flow, limits.connect_timeout)
+                .await?
+        }
+    };
+    record.route(&route_taken);
+    let idle = flow.idle_timeout.unwrap_or(limits.idle_timeout);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (record, stop) = (record.clone(), shared.stop.clone());
+    shared.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                relay::tunnel(TokioIo::new(upgraded), upstream, idle, record, stop).await
+            }
+            Err(_) => record.reason("client_gone"),
+        }
+    });
+    Ok(Response::new(empty()))
+}
+
+/// Absolute-form HTTP: rewrite the head for the next hop, stream the bodies both ways.
+async fn forward(
+    shared: &Shared,
+    runtime: &Runtime,
+    req: Request<Incoming>,
+    target: &Target,
+    flow: &Flow,
+    route: Route,
+    record: &Recorder,
+) -> Result<Response<Body>, GatewayError> {
+    let via = &runtime.config.listen.via;
+    let timeout = runtime.config.limits.connect_timeout;
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_via(&mut parts.headers, parts.version, via);
+    parts.headers.insert(HOST, host_header(target));
+    parts.version = Version::HTTP_11;
+    let body = Counted::boxed(body, record.clone(), Direction::Up);
+    let response = match route {
+        Route::Direct => {
+            parts.uri = origin_form(&parts.uri);
+            record.route("direct");
+            send_direct(shared, runtime, parts, body, target, flow).await?
+        }
+        Route::Upstream => {
+            parts.uri = absolute_form(&parts.uri, target);
+            let (response, parent) = runtime
+                .parents
+                .forward(Request::from_parts(parts, body), flow, timeout)
+                .await?;
+            record.route(&parent);
+            response
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_via(&mut parts.headers, parts.version, via);
+    Ok(Response::from_parts(
+        parts,
+        Counted::boxed(body, record.clone(), Direction::Down),
+    ))
+}
+
+/// Sends to the origin on a pooled connection when one is idle, else on a new one. A
+/// body-less request is retried once on a new connection if the pooled one was stale.
+async fn send_direct(
+    shared: &Shared,
+    runtime: &Runtime,
+    parts: http::request::Parts,
+    body: Body,
+    target: &Target,
+    flow: &Flow,
+) -> Result<Response<Incoming>, GatewayError> {
+    let key = (target.host.clone(), target.port);
+    let origin = target.to_string();
+    let http_error = |source| ConnectError::Http {
+        hop: Hop::Origin,
+        addr: origin.clone(),
+        source,
+    };
+    let mut request = Some((parts, body));
+    if let Some(mut sender) = shared.origins.checkout(&key) {
+        let (parts, body) = request.take().expect("request present");
+        let retry = body.is_end_stream().then(|| parts.clone());
+        match sender.send_request(Request::from_parts(parts, body)).await {
+            Ok(response) => {
+                shared.origins.checkin_when_ready(key, sender);
+                return Ok(response);
+            }
+            Err(source) => match retry {
+                Some(parts) => request = Some((parts, empty())),
+                None => return Err(http_error(source).into()),
+            },
+        }
+    }
+    let (parts, body) = request.expect("request present");
+    let limits = &runtime.config.limits;
+    let addrs = resolve(
+        &runtime.config.resolve,
+        target,
+        flow,
+        limits.connect_timeout,
+    )
+    .await?;
+    let stream = connect_any(&addrs, limits.connect_timeout, Hop::Origin).await?;
+    let mut sender: SendRequest<Body> = {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_error)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+    };
+    let response = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(http_error)?;
+    shared.origins.checkin_when_ready(key, sender);
+    Ok(response)
+}
+
+/// The target of a proxy request: CONNECT's authority, or an absolute `http://` URI.
+fn request_target<B>(req: &Request<B>) -> Result<Target, GatewayError> {
+    let uri = req.uri();
+    let kind = if req.method() == Method::CONNECT {
+        Kind::Connect
+    } else {
+        if req.method() == Method::TRACE {
+            return Err(GatewayError::MethodNotAllowed(Method::TRACE));
+        }
+        match uri.scheme_str() {
+            None => return Err(GatewayError::OriginForm),
+            Some("http") => {}
+            Some("https") => return Err(GatewayError::HttpsForward),
+            Some(other) => {
+                return Err(GatewayError::BadRequest(format!(
+                    "the {other}:// scheme is not proxied"
+                )))
+            }
+        }
+        Kind::Forward
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| GatewayError::BadRequest("the request has no host".to_string()))?;
+    if authority.as_str().contains('@') {
+        return Err(GatewayError::BadRequest(
+            "URLs with user information are refused".to_string(),
+        ));
+    }
+    let port = match (authority.port_u16(), kind) {
+        (Some(0), _) => return Err(GatewayError::BadRequest("port 0 is not a port".to_string())),
+        (Some(port), _) => port,
+        (None, Kind::Forward) => 80,
+        (None, Kind::Connect) => {
+            return Err(GatewayError::BadRequest(
+                "CONNECT needs host:port".to_string(),
+            ))
+        }
+    };
+    let host =
+        Host::parse(authority.host()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    Ok(Target { host, port, kind })
+}
+
+fn scheme(target: &Target) -> &'static str {
+    match target.kind {
+        Kind::Connect => "connect",
+        Kind::Forward => "http",
+    }
+}
+
+/// The path for the audit: forward requests only, without the query string.
+fn path<B>(req: &Request<B>) -> Option<&str> {
+    (req.method() != Method::CONNECT).then(|| req.uri().path())
+}
+
+fn describe<B>(req: &Request<B>, target: &Target) -> String {
+    match target.kind {
+        Kind::Connect => format!("CONNECT {target}"),
+        Kind::Forward => format!("{} http://{}{}", req.method(), target, req.uri().path()),
+    }
+}
+
+fn host_header(target: &Target) -> HeaderValue {
+    let text = if target.port == 80 {
+        target.host.to_string()
+    } else {
+        target.to_string()
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn absolute_form(uri: &Uri, target: &Target) -> Uri {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let port = if target.port == 80 {
+        String::new()
+    } else {
+        format!(":{}", target.port)
+    };
+    format!("http://{}{}{}", target.host, port, pq)
+        .parse()
+        .unwrap_or_else(|_| uri.clone())
+}
