@@ -78,6 +78,8 @@ where
                         Direction::Down => this.record.add_down(n),
                     }
                 }
+                // hyper stops polling once the size hint says the end is reached.
+                this.done = this.inner.is_end_stream();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

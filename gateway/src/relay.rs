@@ -47,8 +47,9 @@ pub async fn tunnel<A, B>(
         let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
         tokio::select! {
             result = &mut copy => break match result {
+                // TLS clients often reset rather than close once done: an ordinary end.
                 Ok(_) => None,
-                Err(e) if is_reset(&e) => Some("connection_reset"),
+                Err(e) if is_reset(&e) => None,
                 Err(_) => Some("relay_error"),
             },
             _ = tokio::time::sleep_until(last + idle) => {

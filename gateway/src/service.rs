@@ -302,17 +302,27 @@ fn path<B>(req: &Request<B>) -> Option<&str> {
 fn describe<B>(req: &Request<B>, target: &Target) -> String {
     match target.kind {
         Kind::Connect => format!("CONNECT {target}"),
-        Kind::Forward => format!("{} http://{}{}", req.method(), target, req.uri().path()),
+        Kind::Forward => format!(
+            "{} http://{}{}",
+            req.method(),
+            authority(target),
+            req.uri().path()
+        ),
+    }
+}
+
+/// `host`, or `host:port` when the port is not 80.
+fn authority(target: &Target) -> String {
+    if target.port == 80 {
+        target.host.to_string()
+    } else {
+        target.to_string()
     }
 }
 
 fn host_header(target: &Target) -> HeaderValue {
-    let text = if target.port == 80 {
-        target.host.to_string()
-    } else {
-        target.to_string()
-    };
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_str(&authority(target))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 fn origin_form(uri: &Uri) -> Uri {

@@ -1,1 +1,6 @@
-//! placeholder
+//! Shared parts of the end-to-end suites: origins, the gateway harness, curl, and the
+//! peer proxies (Squid, the NTLM parent) the suites run against. Everything listens on
+//! 127.0.0.1 only.
+
+pub mod harness;
+pub mod origin;

@@ -1,0 +1,206 @@
+//! Running Passerelle for a test (in-process, or the real binary), driving curl, and
+//! reading the audit log it wrote.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use passerelle_gateway::Gateway;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A gateway started in this process on 127.0.0.1:0, auditing to a file.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub audit_path: PathBuf,
+    gateway: Option<Gateway>,
+}
+
+impl TestGateway {
+    /// `toml` is a configuration file's text; the listener and the audit file are set by
+    /// environment overrides (which the loader treats like an operator's).
+    pub async fn start(toml: &str) -> TestGateway {
+        Self::start_with_env(toml, &[]).await
+    }
+
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> TestGateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let audit_path = dir.path().join("audit.jsonl");
+        let config =
+            load_config(toml, &dir, env).unwrap_or_else(|e| panic!("test config rejected: {e}"));
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        TestGateway {
+            addr: gateway.proxy_addrs()[0],
+            dir,
+            audit_path,
+            gateway: Some(gateway),
+        }
+    }
+
+    pub fn proxy(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("running")
+    }
+
+    /// Waits (bounded) until the audit file holds at least `n` records, and returns them.
+    pub async fn records(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = read_audit(&self.audit_path);
+            if records.len() >= n || Instant::now() > deadline {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last record for `host`, waiting (bounded) for it to appear.
+    pub async fn record_for(&self, host: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = read_audit(&self.audit_path)
+                .into_iter()
+                .rev()
+                .find(|r| r["host"] == host);
+            if let Some(r) = found {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no audit record for {host}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Graceful shutdown; every record, flushed.
+    pub async fn stop(mut self) -> Vec<Value> {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await.expect("clean shutdown");
+        }
+        read_audit(&self.audit_path)
+    }
+}
+
+/// Loads a test configuration from `toml`, listening on 127.0.0.1:0 and auditing to
+/// `dir/audit.jsonl`, with `env` added to the environment the loader sees.
+pub fn load_config(
+    toml: &str,
+    dir: &TempDir,
+    env: &[(&str, &str)],
+) -> Result<passerelle_config::Config, passerelle_config::ConfigError> {
+    let audit_path = dir.path().join("audit.jsonl");
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    vars.insert("PASSERELLE__LISTEN__PROXY".into(), "127.0.0.1:0".into());
+    vars.insert("PASSERELLE__AUDIT__SINK".into(), "file".into());
+    vars.insert(
+        "PASSERELLE__AUDIT__PATH".into(),
+        audit_path.display().to_string(),
+    );
+    for (k, v) in env {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    passerelle_config::load_str(Some(toml), None, &vars)
+}
+
+pub fn read_audit(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// What curl reported.
+#[derive(Debug)]
+pub struct Curl {
+    /// The final HTTP status (0 when none).
+    pub status: u16,
+    /// The proxy's answer to CONNECT (0 when there was no CONNECT).
+    pub connect_status: u16,
+    pub body: String,
+    pub stderr: String,
+    pub exit: i32,
+}
+
+/// Runs curl with `args` (always bounded by --max-time), capturing body and codes.
+pub async fn curl(args: &[&str]) -> Curl {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-w",
+            "\n%{http_code} %{http_connect}",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("curl runs (apt-get install curl)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, codes) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut codes = codes.split_whitespace().map(|c| c.parse().unwrap_or(0));
+    Curl {
+        status: codes.next().unwrap_or(0),
+        connect_status: codes.next().unwrap_or(0),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// The `passerelle` binary of this workspace, built on first use if `cargo test` did not.
+pub fn passerelle_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/passerelle");
+    BUILD.call_once(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "passerelle-gateway",
+                "--bin",
+                "passerelle",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build runs");
+        assert!(status.success(), "building the passerelle binary failed");
+    });
+    bin
+}
+
+/// Waits (bounded) until something accepts TCP connections at `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A site flow `origin.test` on `port`, reached through `connect_to` at `addr`.
+pub fn origin_flow(id: &str, host: &str, port: u16, addr: SocketAddr) -> String {
+    format!(
+        "[[flows]]\nid = \"{id}\"\nhosts = [\"{host}\"]\nports = [{port}]\n\n[resolve]\nconnect_to = [\"{host}:{port}={addr}\"]\n"
+    )
+}

@@ -1,0 +1,257 @@
+//! Origins for the suites, on 127.0.0.1: an HTTP server that reports what it received, a TLS
+//! server with a certificate made for the test, and raw TCP peers (half-close, silence).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+type OutBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// FNV-1a 64: the checksum the echo origin reports for request bodies.
+pub fn fnv1a(data: &[u8], mut hash: u64) -> u64 {
+    for b in data {
+        hash ^= *b as u64;
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+pub const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+
+/// An HTTP/1.1 origin. `/bytes/N` streams N bytes; `/slow/N` streams N 1 KiB pieces, one
+/// every 100 ms; anything else answers JSON describing the request (method, path, headers,
+/// body length and FNV-1a checksum).
+pub struct HttpOrigin {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl HttpOrigin {
+    pub async fn start() -> HttpOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(answer))
+                        .await;
+                });
+            }
+        });
+        HttpOrigin { addr, connections }
+    }
+
+    /// Connections accepted so far (keep-alive reuse shows as fewer connections than requests).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<OutBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return Ok(Response::new(
+            Pattern {
+                left: n,
+                delay: None,
+            }
+            .boxed_unsync(),
+        ));
+    }
+    if let Some(n) = path
+        .strip_prefix("/slow/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let body = Pattern {
+            left: n * 1024,
+            delay: Some(Box::pin(tokio::time::sleep(Duration::from_millis(100)))),
+        };
+        return Ok(Response::new(body.boxed_unsync()));
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        let entry = headers
+            .entry(name.as_str().to_string())
+            .or_insert_with(|| serde_json::Value::Array(vec![]));
+        if let serde_json::Value::Array(list) = entry {
+            list.push(
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into(),
+            );
+        }
+    }
+    let mut body = req.into_body();
+    let mut len = 0u64;
+    let mut hash = FNV_OFFSET;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            len += data.len() as u64;
+            hash = fnv1a(data, hash);
+        }
+    }
+    let report = serde_json::json!({
+        "method": method, "uri": uri, "path": path, "headers": headers,
+        "body_len": len, "body_fnv": format!("{hash:016x}"),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(report.to_string())).boxed_unsync());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    resp.headers_mut()
+        .insert("x-origin-hop", "secret".parse().expect("header"));
+    resp.headers_mut()
+        .insert("connection", "x-origin-hop".parse().expect("header"));
+    Ok(resp)
+}
+
+/// `left` bytes of a repeating pattern, in 64 KiB frames (or 1 KiB every 100 ms when slow).
+struct Pattern {
+    left: u64,
+    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for Pattern {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let piece = if let Some(delay) = self.delay.as_mut() {
+            if delay.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let next = tokio::time::Instant::now() + Duration::from_millis(100);
+            delay.as_mut().reset(next);
+            1024
+        } else {
+            64 * 1024
+        };
+        static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+        let n = piece.min(self.left) as usize;
+        self.left -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A TLS origin for `names`, with a self-signed certificate written to `ca_pem` (for curl's
+/// `--cacert`). It answers every request with `hello over TLS from <sni>`.
+pub struct TlsOrigin {
+    pub addr: SocketAddr,
+    pub ca_pem: PathBuf,
+}
+
+impl TlsOrigin {
+    pub async fn start(names: &[&str], dir: &std::path::Path) -> TlsOrigin {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cert = rcgen::generate_simple_self_signed(names).expect("test certificate");
+        let ca_pem = dir.join("origin-cert.pem");
+        std::fs::write(&ca_pem, cert.cert.pem()).expect("write certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind TLS origin");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().unwrap_or("none").to_string();
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        let text = format!("hello over TLS from {sni}\n");
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsOrigin { addr, ca_pem }
+    }
+}
+
+/// A raw TCP peer that reads until the client half-closes, then answers `got N bytes` and
+/// closes: a tunnel that does not pass on half-close never gets the answer.
+pub async fn half_close_peer() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if stream.read_to_end(&mut buf).await.is_ok() {
+                    let _ = stream
+                        .write_all(format!("got {} bytes", buf.len()).as_bytes())
+                        .await;
+                    let _ = stream.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A raw TCP peer that accepts and says nothing, holding the connection open.
+pub async fn silent_peer() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A local port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("address")
+}

@@ -1,0 +1,487 @@
+//! The core gateway, in-process, with real curl: forwarding, tunnels, denials, headers,
+//! keep-alive, half-close, idle timeout, connect failures.
+
+use std::time::Duration;
+
+use passerelle_tests::harness::{curl, origin_flow, TestGateway};
+use passerelle_tests::origin::{
+    closed_port, fnv1a, half_close_peer, silent_peer, HttpOrigin, TlsOrigin, FNV_OFFSET,
+};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn origin_gateway() -> (HttpOrigin, TestGateway) {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start(&origin_flow("test-origin", "origin.test", 80, origin.addr)).await;
+    (origin, gw)
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwards_a_get_and_audits_it() {
+    let (_origin, gw) = origin_gateway().await;
+    let r = curl(&["-x", &gw.proxy(), "http://origin.test/hello/world?q=secret"]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = json(&r.body);
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(
+        seen["uri"], "/hello/world?q=secret",
+        "origin-form toward the origin"
+    );
+    assert_eq!(seen["headers"]["host"][0], "origin.test");
+    assert_eq!(seen["headers"]["via"][0], "1.1 passerelle");
+    let rec = gw.record_for("origin.test").await;
+    assert_eq!(rec["decision"], "allow");
+    assert_eq!(rec["flow"], "test-origin");
+    assert_eq!(rec["route"], "direct");
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["method"], "GET");
+    assert_eq!(rec["scheme"], "http");
+    assert_eq!(rec["path"], "/hello/world", "no query string in the audit");
+    assert_eq!(rec["bytes_down"].as_u64().unwrap(), r.body.len() as u64);
+    assert!(rec["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(rec["seq"].as_u64().unwrap() >= 1);
+    assert!(rec["ts"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_and_chunked_upload_bodies_arrive_intact() {
+    let (_origin, gw) = origin_gateway().await;
+    let r = curl(&[
+        "-x",
+        &gw.proxy(),
+        "-d",
+        "ocsp-request-bytes",
+        "http://origin.test/ocsp",
+    ])
+    .await;
+    let seen = json(&r.body);
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body_len"], 18);
+    assert_eq!(
+        seen["body_fnv"],
+        format!("{:016x}", fnv1a(b"ocsp-request-bytes", FNV_OFFSET))
+    );
+
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let file = gw.dir.path().join("upload.bin");
+    std::fs::write(&file, &data).unwrap();
+    let upload = format!("@{}", file.display());
+    let r = curl(&[
+        "-x",
+        &gw.proxy(),
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &upload,
+        "http://origin.test/up",
+    ])
+    .await;
+    let seen = json(&r.body);
+    assert_eq!(seen["body_len"], 3_000_000);
+    assert_eq!(
+        seen["body_fnv"],
+        format!("{:016x}", fnv1a(&data, FNV_OFFSET))
+    );
+    assert_eq!(seen["headers"]["transfer-encoding"][0], "chunked");
+    let rec = gw.record_for("origin.test").await;
+    assert_eq!(rec["bytes_up"], 3_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_headers_never_reach_the_origin_nor_the_client() {
+    let (_origin, gw) = origin_gateway().await;
+    let r = curl(&[
+        "-x",
+        &gw.proxy(),
+        "-i",
+        "-H",
+        "Connection: X-Private, keep-alive",
+        "-H",
+        "X-Private: internal",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "TE: trailers",
+        "-H",
+        "Trailer: X-T",
+        "-H",
+        "Upgrade: h2c",
+        "-H",
+        "Proxy-Authorization: Basic dXNlcjpzZWNyZXQ=",
+        "-H",
+        "Proxy-Connection: keep-alive",
+        "-H",
+        "Host: evil.example",
+        "-H",
+        "X-Kept: yes",
+        "http://origin.test/h",
+    ])
+    .await;
+    let (head, body) = r.body.split_once("\r\n\r\n").expect("headers and body");
+    let seen = json(body);
+    let headers = seen["headers"].as_object().unwrap();
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the origin: {headers:?}"
+        );
+    }
+    assert_eq!(seen["headers"]["x-kept"][0], "yes");
+    assert_eq!(
+        seen["headers"]["host"][0], "origin.test",
+        "Host comes from the URI"
+    );
+    let head = head.to_ascii_lowercase();
+    assert!(
+        !head.contains("x-origin-hop"),
+        "a header the origin's Connection named reached the client:\n{head}"
+    );
+    assert!(head.contains("via: 1.1 passerelle"), "{head}");
+    let records = gw.records(1).await;
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(
+        !text.contains("dXNlcjpzZWNyZXQ") && !text.contains("secret"),
+        "client credentials in the audit: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_on_both_sides() {
+    let (origin, gw) = origin_gateway().await;
+    let r = curl(&[
+        "-v",
+        "-x",
+        &gw.proxy(),
+        "http://origin.test/a",
+        "http://origin.test/b",
+        "http://origin.test/c",
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.stderr.contains("Re-using existing connection") || r.stderr.contains("Reusing existing"),
+        "client side not kept alive:\n{}",
+        r.stderr
+    );
+    assert_eq!(origin.connections(), 1, "origin side not kept alive");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_tunnels_tls_to_the_covotem_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsOrigin::start(&["covotem.esante-centre.fr"], dir.path()).await;
+    let config = format!(
+        "[resolve]\nconnect_to = [\"covotem.esante-centre.fr:443={}\"]\n",
+        tls.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    let cacert = tls.ca_pem.display().to_string();
+    let r = curl(&[
+        "-x",
+        &gw.proxy(),
+        "--cacert",
+        &cacert,
+        "https://covotem.esante-centre.fr/",
+    ])
+    .await;
+    assert_eq!((r.connect_status, r.status), (200, 200), "{r:?}");
+    assert_eq!(r.body, "hello over TLS from covotem.esante-centre.fr\n");
+    let rec = gw.record_for("covotem.esante-centre.fr").await;
+    assert_eq!(rec["flow"], "tlm-prod");
+    assert_eq!(rec["method"], "CONNECT");
+    assert_eq!(rec["status"], 200);
+    assert!(rec["bytes_up"].as_u64().unwrap() > 200, "{rec}");
+    assert!(rec["bytes_down"].as_u64().unwrap() > 500, "{rec}");
+    assert_eq!(rec["reason"], Value::Null, "{rec}");
+}
+
+async fn assert_denied(gw: &TestGateway, url: &str, connect: bool, reason: &str, body_part: &str) {
+    let r = curl(&["-x", &gw.proxy(), url]).await;
+    let status = if connect { r.connect_status } else { r.status };
+    assert_eq!(status, 403, "{url}: {r:?}");
+    if !connect {
+        assert!(
+            r.body.contains(body_part),
+            "{url}: body {:?} lacks {body_part:?}",
+            r.body
+        );
+    }
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split([':', '/'])
+        .next()
+        .unwrap();
+    let rec = gw.record_for(host).await;
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    assert_eq!(rec["reason"], reason, "{rec}");
+    assert_eq!(rec["status"], 403, "{rec}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denials_say_why() {
+    let gw = TestGateway::start("").await;
+    assert_denied(&gw, "https://evil.example/", true, "no_flow", "").await;
+    assert_denied(
+        &gw,
+        "http://evil.example/",
+        false,
+        "no_flow",
+        "passerelle: GET http://evil.example/ refused: no allowed flow matches",
+    )
+    .await;
+    assert_denied(
+        &gw,
+        "http://covotem.esante-centre.fr:22/",
+        false,
+        "port_not_open",
+        "port 22 is not open for flow tlm-prod",
+    )
+    .await;
+    assert_denied(
+        &gw,
+        "http://covotem-preprod.esante-centre.fr/",
+        false,
+        "flow_disabled",
+        "flow tlm-preprod belongs to the preprod environment",
+    )
+    .await;
+    let rec = gw.record_for("covotem-preprod.esante-centre.fr").await;
+    assert_eq!(
+        rec["flow"], "tlm-preprod",
+        "the partially matching flow is named"
+    );
+
+    // The exact body of a refused CONNECT, read with a raw socket.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_response(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(
+        text.contains("passerelle: CONNECT evil.example:443 refused: no allowed flow matches"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_outside_the_allow_list_are_refused() {
+    let gw = TestGateway::start("[clients]\nallow = [\"127.0.0.2/32\"]\n").await;
+    let r = curl(&["-x", &gw.proxy(), "http://covotem.esante-centre.fr/"]).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body.contains("client 127.0.0.1 is not in clients.allow"),
+        "{}",
+        r.body
+    );
+    let rec = gw.record_for("covotem.esante-centre.fr").await;
+    assert_eq!(rec["reason"], "client_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowed_name_resolving_to_loopback_is_refused_without_allow_private() {
+    let origin = HttpOrigin::start().await;
+    let port = origin.addr.port();
+    let flow = format!("[[flows]]\nid = \"lan\"\nhosts = [\"localhost\"]\nports = [{port}]\n");
+    let gw = TestGateway::start(&flow).await;
+    let r = curl(&["-x", &gw.proxy(), &format!("http://localhost:{port}/")]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body
+            .contains("an internal address, and flow lan does not allow_private"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        gw.record_for("localhost").await["reason"],
+        "internal_address"
+    );
+    assert_eq!(origin.connections(), 0, "the origin was reached");
+
+    let gw = TestGateway::start(&format!("{flow}allow_private = true\n")).await;
+    let r = curl(&["-x", &gw.proxy(), &format!("http://localhost:{port}/")]).await;
+    assert_eq!(r.status, 200, "allow_private lets it through: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_non_proxy_requests() {
+    let gw = TestGateway::start("").await;
+    let cases: &[(&[u8], &str, &str)] = &[
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400", "this is a proxy"),
+        (b"TRACE http://covotem.esante-centre.fr/ HTTP/1.1\r\nHost: covotem.esante-centre.fr\r\n\r\n", "HTTP/1.1 405", "TRACE"),
+        (b"GET https://covotem.esante-centre.fr/ HTTP/1.1\r\nHost: covotem.esante-centre.fr\r\n\r\n", "HTTP/1.1 400", "CONNECT"),
+        (b"GET http://user:pw@covotem.esante-centre.fr/ HTTP/1.1\r\nHost: covotem.esante-centre.fr\r\n\r\n", "HTTP/1.1 400", "user information"),
+        (b"CONNECT covotem.esante-centre.fr HTTP/1.1\r\nHost: covotem.esante-centre.fr\r\n\r\n", "HTTP/1.1 400", ""),
+        (b"GET ftp://covotem.esante-centre.fr/ HTTP/1.1\r\nHost: covotem.esante-centre.fr\r\n\r\n", "HTTP/1.1 400", "ftp"),
+    ];
+    for (request, status, text) in cases {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let response = read_response(&mut s).await;
+        assert!(
+            response.starts_with(status),
+            "{}: {response}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(
+            response.contains(text),
+            "{}: {response}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_pass_half_close_on() {
+    let peer = half_close_peer().await;
+    let gw = TestGateway::start(&origin_flow("raw", "raw.test", 7000, peer)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(&[7u8; 5000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, "got 5000 bytes");
+    let rec = gw.record_for("raw.test").await;
+    assert_eq!(rec["bytes_up"], 5000);
+    assert_eq!(rec["bytes_down"], 14);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_tunnels_are_closed_after_the_flow_idle_timeout() {
+    let peer = silent_peer().await;
+    let gw = TestGateway::start(&format!(
+        "{}\n",
+        origin_flow("quiet", "quiet.test", 7001, peer)
+            .replace("ports = [7001]", "ports = [7001]\nidle_timeout = \"1s\"")
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"CONNECT quiet.test:7001 HTTP/1.1\r\nHost: quiet.test:7001\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed by the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(gw.record_for("quiet.test").await["reason"], "idle_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_failures_name_the_hop() {
+    let closed = closed_port();
+    let gw = TestGateway::start(&origin_flow("down", "down.test", 443, closed)).await;
+    let r = curl(&["-x", &gw.proxy(), "http://down.test:443/"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.body
+            .contains(&format!("cannot connect to origin {closed}")),
+        "{}",
+        r.body
+    );
+    let rec = gw.record_for("down.test").await;
+    assert_eq!(
+        (rec["reason"].as_str(), rec["status"].as_u64()),
+        (Some("connect_failed"), Some(502))
+    );
+    let r = curl(&["-x", &gw.proxy(), "https://down.test/"]).await;
+    assert_eq!(
+        r.connect_status, 502,
+        "no 200 for a tunnel that cannot exist: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_a_download_in_flight_finish_and_writes_every_record() {
+    let (_origin, gw) = origin_gateway().await;
+    let proxy = gw.proxy();
+    let download = tokio::spawn(async move {
+        curl(&[
+            "-x",
+            &proxy,
+            "-o",
+            "/dev/null",
+            "http://origin.test/slow/10",
+        ])
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records = gw.stop().await;
+    let r = download.await.unwrap();
+    assert_eq!((r.status, r.exit), (200, 0), "{r:?}");
+    let rec = records
+        .iter()
+        .find(|r| r["path"] == "/slow/10")
+        .expect("the record of the download");
+    assert_eq!(rec["bytes_down"], 10 * 1024);
+    assert_eq!(rec["reason"], Value::Null, "{rec}");
+}
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("head in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if out.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}

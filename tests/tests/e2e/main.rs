@@ -1,0 +1,4 @@
+//! End-to-end suites, one binary, a module per suite.
+
+mod cli;
+mod core;
