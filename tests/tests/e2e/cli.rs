@@ -1,10 +1,30 @@
-//! The `passerelle` binary: check-config, print-default-config, hash-password, env overrides.
+//! The `passerelle` binary: check-config, print-default-config, hash-password, environment
+//! overrides, signals (reload, graceful stop), and memory on a large download.
 
-use passerelle_tests::harness::passerelle_bin;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use passerelle_tests::harness::{curl, free_port, passerelle_bin, read_audit, wait_listening};
+use passerelle_tests::origin::HttpOrigin;
+
+fn check_config(file: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(passerelle_bin())
+        .args(["check-config", "--config"])
+        .arg(file)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 #[test]
 fn check_config_on_the_embedded_default_prints_the_flows() {
-    let out = std::process::Command::new(passerelle_bin())
+    let out = Command::new(passerelle_bin())
         .arg("check-config")
         .output()
         .unwrap();
@@ -18,4 +38,263 @@ fn check_config_on_the_embedded_default_prints_the_flows() {
         stdout.contains("tlm-prod") && stdout.contains("covotem.esante-centre.fr"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("Off (environment not enabled): portal-preprod, tlm-preprod"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+        typo_key = 1
+        [listen]
+        proxy = ["0.0.0.0:3128"]
+        [[flows]]
+        id = "hl7"
+        hosts = ["hl7.chu.local"]
+        ports = [70000]
+        [routing]
+        direct = ["10.0.0.0/40"]
+        "#,
+    )
+    .unwrap();
+    let (code, _, stderr) = check_config(&file, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        "typo_key: unknown key",
+        "clients.allow: listen.proxy has 0.0.0.0:3128, which is not loopback",
+        "flows[0].ports[0]: 70000 is not a port",
+        "routing.direct[0]:",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    let (code, _, stderr) = check_config(&file, &[("PASSERELLE__CLIENTS__ALLOW", "10.0.0.0/33")]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("clients.allow[0]: \"10.0.0.0/33\" is not a CIDR"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_printed_default_and_every_deploy_example_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(passerelle_bin())
+        .arg("print-default-config")
+        .output()
+        .unwrap();
+    let default = dir.path().join("default.toml");
+    std::fs::write(&default, &out.stdout).unwrap();
+    let (code, stdout, stderr) = check_config(&default, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, stdout, stderr) =
+                check_config(&path, &[("PASSERELLE_UPSTREAM_PASSWORD", "example")]);
+            assert_eq!(code, 0, "{}:\n{stdout}{stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "only {checked} examples found in {}",
+        examples.display()
+    );
+}
+
+#[test]
+fn hash_password_prints_the_nt_hash() {
+    let mut child = Command::new(passerelle_bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "a4f49c406510bdcab6824ee7c30fd852"
+    );
+}
+
+/// The binary, with its config file and audit file in `dir`, listening on a fresh port.
+struct Running {
+    child: Child,
+    port: u16,
+    audit: std::path::PathBuf,
+}
+
+impl Running {
+    async fn start(dir: &Path, toml: &str) -> Running {
+        let port = free_port();
+        let audit = dir.join("audit.jsonl");
+        let file = dir.join("passerelle.toml");
+        std::fs::write(&file, toml).unwrap();
+        let child = Command::new(passerelle_bin())
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
+            .env("PASSERELLE__AUDIT__SINK", "file")
+            .env("PASSERELLE__AUDIT__PATH", &audit)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(([127, 0, 0, 1], port).into()).await;
+        Running { child, port, audit }
+    }
+
+    fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    async fn stop(mut self) -> i32 {
+        self.signal("TERM");
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        panic!("passerelle did not stop within 10 s of SIGTERM");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_override_sets_the_listener_and_sigterm_flushes_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::start(dir.path(), "").await;
+    let r = curl(&["-x", &gw.proxy(), "http://evil.example/"]).await;
+    assert_eq!(r.status, 403);
+    let audit = gw.audit.clone();
+    assert_eq!(gw.stop().await, 0, "graceful stop exits 0");
+    let records = read_audit(&audit);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["reason"], "no_flow");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = HttpOrigin::start().await;
+    let flow = format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"site.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"site.test:80={}\"]\n",
+        origin.addr
+    );
+    let gw = Running::start(dir.path(), &flow).await;
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://site.test/"]).await.status,
+        200
+    );
+
+    std::fs::write(dir.path().join("passerelle.toml"), "[limits]\nburst = -1\n").unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://site.test/"]).await.status,
+        200,
+        "an invalid reload keeps the old policy"
+    );
+
+    std::fs::write(dir.path().join("passerelle.toml"), "").unwrap();
+    gw.signal("HUP");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = curl(&["-x", &gw.proxy(), "http://site.test/"]).await.status;
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 403,
+        "the reloaded policy no longer has the site flow"
+    );
+    let audit = gw.audit.clone();
+    assert_eq!(gw.stop().await, 0);
+    let reloads: Vec<_> = read_audit(&audit)
+        .into_iter()
+        .filter(|r| r["event"] == "reload")
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert_eq!(reloads[0]["decision"], "deny");
+    assert!(
+        reloads[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("limits.burst"),
+        "{}",
+        reloads[0]
+    );
+    assert_eq!(reloads[1]["decision"], "allow");
+    assert_ne!(reloads[1]["digest_before"], reloads[1]["digest_after"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_gigabyte_download_streams_in_flat_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = HttpOrigin::start().await;
+    let flow = format!(
+        "[[flows]]\nid = \"big\"\nhosts = [\"big.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"big.test:80={}\"]\n",
+        origin.addr
+    );
+    let gw = Running::start(dir.path(), &flow).await;
+    let gib = (1u64 << 30).to_string();
+    let r = curl(&[
+        "-x",
+        &gw.proxy(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}\n",
+        &format!("http://big.test/bytes/{gib}"),
+    ])
+    .await;
+    assert_eq!(r.exit, 0, "{r:?}");
+    assert!(r.body.starts_with(&gib), "downloaded {:?}", r.body);
+    let peak = gw.peak_rss_kib();
+    assert!(
+        peak < 100 * 1024,
+        "peak RSS {peak} KiB for a 1 GiB download: the body was buffered"
+    );
+    let audit = gw.audit.clone();
+    gw.stop().await;
+    let rec = read_audit(&audit).pop().unwrap();
+    assert_eq!(rec["bytes_down"].as_u64().unwrap(), 1u64 << 30);
 }

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""An HTTP proxy that demands NTLM and verifies each NTLMv2 answer with pyspnego's acceptor,
+an implementation independent of Passerelle's. A test peer: it listens on 127.0.0.1 only.
+
+Forwarded (absolute-form) requests are answered by the parent itself, as if it were the
+origin: a JSON report of what reached it (method, target, user, connection, body length).
+CONNECT targets are tunnelled to the addresses given with --map (the parent resolves names,
+as a real parent would; the map is its DNS). Unmapped CONNECT targets get 403, as from a
+parent's ACL.
+
+Every event is appended to --log as a JSON line, so tests assert on what the parent saw:
+  {"event": "request", "conn": 3, "method": "GET", "target": "...", "auth": "NTLM"|"Basic"|null, "body_len": 18}
+  {"event": "handshake", "conn": 3, "user": "CHU\\svc"}
+  {"event": "auth_failed", "conn": 3, "error": "..."}
+
+Credentials come from NTLM_USER_FILE (lines DOMAIN:user:password); LM_COMPAT_LEVEL=5 makes
+the acceptor refuse LM and NTLMv1.
+"""
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import os
+import sys
+
+import spnego
+
+COUNTER = itertools.count(1)
+
+
+def log(path, **event):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+async def read_head(reader):
+    try:
+        data = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    lines = data.decode("latin-1").split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return method, target, headers
+
+
+async def read_body(reader, headers):
+    """Reads the request body, also when the answer will be 407: the connection must stay in
+    step for the next leg."""
+    if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return body
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+    length = int(headers.get("content-length", ["0"])[0])
+    return await reader.readexactly(length) if length else b""
+
+
+def respond(writer, status, reason, headers=(), body=b""):
+    head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        try:
+            writer.write_eof()
+        except (OSError, RuntimeError):
+            pass
+
+
+def challenge_headers(args, token=None):
+    if token is not None:
+        return [("Proxy-Authenticate", "NTLM " + base64.b64encode(token).decode())]
+    offered = [("Proxy-Authenticate", "NTLM")]
+    if args.offer_basic:
+        offered.append(("Proxy-Authenticate", 'Basic realm="passerelle-test"'))
+    return offered
+
+
+async def handle(args, reader, writer):
+    conn = next(COUNTER)
+    context = None
+    user = None
+    try:
+        while True:
+            head = await read_head(reader)
+            if head is None:
+                return
+            method, target, headers = head
+            body = await read_body(reader, headers)
+            auth = headers.get("proxy-authorization", [None])[0]
+            log(args.log, event="request", conn=conn, method=method, target=target,
+                auth=auth.split(" ", 1)[0] if auth else None, body_len=len(body))
+            if user is None:
+                if not auth or not auth.lower().startswith("ntlm "):
+                    respond(writer, 407, "Proxy Authentication Required", challenge_headers(args),
+                            b"authentication required")
+                    await writer.drain()
+                    continue
+                token = base64.b64decode(auth[5:])
+                if context is None or token[8:12] == b"\x01\x00\x00\x00":
+                    context = spnego.server(protocol="ntlm")
+                try:
+                    out = context.step(token)
+                except Exception as error:  # pyspnego refuses the answer: wrong secret, v1...
+                    log(args.log, event="auth_failed", conn=conn, error=str(error))
+                    context = None
+                    respond(writer, 407, "Proxy Authentication Required", challenge_headers(args),
+                            b"bad credentials")
+                    await writer.drain()
+                    continue
+                if not context.complete:
+                    respond(writer, 407, "Proxy Authentication Required", challenge_headers(args, out),
+                            b"continue")
+                    await writer.drain()
+                    continue
+                user = context.client_principal
+                log(args.log, event="handshake", conn=conn, user=user)
+            if method == "CONNECT":
+                destination = args.map.get(target.lower())
+                if destination is None:
+                    respond(writer, 403, "Forbidden", [("X-Parent", "acl")], b"denied by the parent's ACL")
+                    await writer.drain()
+                    continue
+                host, port = destination.rsplit(":", 1)
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await writer.drain()
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+                return
+            report = json.dumps({
+                "via_parent": True, "method": method, "target": target, "user": user,
+                "conn": conn, "body_len": len(body),
+                "body": body.decode("utf-8", "replace")[:200],
+                "headers": {k: v for k, v in headers.items() if k != "proxy-authorization"},
+            }).encode()
+            respond(writer, 200, "OK", [("Content-Type", "application/json")], report)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()
+
+
+async def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--map", action="append", default=[], help="host:port=127.0.0.1:port")
+    parser.add_argument("--offer-basic", action="store_true", help="also offer Basic (never accepted)")
+    args = parser.parse_args()
+    args.map = dict(m.lower().split("=", 1) for m in args.map)
+    if os.environ.get("LM_COMPAT_LEVEL") != "5" or not os.environ.get("NTLM_USER_FILE"):
+        sys.exit("set NTLM_USER_FILE and LM_COMPAT_LEVEL=5")
+    server = await asyncio.start_server(lambda r, w: handle(args, r, w), "127.0.0.1", args.port)
+    log(args.log, event="listening", port=args.port)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
