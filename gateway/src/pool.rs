@@ -14,8 +14,11 @@ use crate::body::Body;
 const MAX_IDLE_PER_KEY: usize = 64;
 const IDLE_FOR: Duration = Duration::from_secs(60);
 
+/// An idle connection and when it became idle.
+type Idle = (SendRequest<Body>, Instant);
+
 pub struct Pool<K> {
-    idle: Mutex<HashMap<K, Vec<(SendRequest<Body>, Instant)>>>,
+    idle: Mutex<HashMap<K, Vec<Idle>>>,
 }
 
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> Pool<K> {
