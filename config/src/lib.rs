@@ -96,6 +96,11 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     pub requests_per_second: u32,
     pub burst: u32,
+    pub max_connections: u32,
+    pub max_connections_per_client: u32,
+    pub max_header_bytes: u32,
+    pub max_uri_bytes: u32,
+    pub sni_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +118,10 @@ pub enum AuditFormat {
 pub struct Audit {
     pub sink: AuditSink,
     pub format: AuditFormat,
+    /// Records waiting for the writer, at most.
+    pub queue: usize,
+    /// `on_full = "drop"`: when the queue is full, count and drop instead of waiting.
+    pub drop_when_full: bool,
 }
 
 /// One thing wrong with a configuration, at a key path.

@@ -74,6 +74,10 @@ pub struct Flow {
     pub parent_auth: bool,
     #[serde(with = "duration_opt")]
     pub idle_timeout: Option<Duration>,
+    /// On `tls_ports`, check the ClientHello's server name against the flow.
+    pub sni_check: bool,
+    /// On `tls_ports`, accept a ClientHello without a server name for a name target.
+    pub allow_no_sni: bool,
     /// Whether the site's `environments` switch this flow on.
     pub enabled: bool,
 }
@@ -329,6 +333,8 @@ mod tests {
             allow_private: false,
             parent_auth: true,
             idle_timeout: None,
+            sni_check: true,
+            allow_no_sni: false,
             enabled: on,
         }
     }

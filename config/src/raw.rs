@@ -50,6 +50,9 @@ pub struct RawFlow {
     pub allow_private: bool,
     pub parent_auth: Option<bool>,
     pub idle_timeout: Option<String>,
+    pub sni_check: Option<bool>,
+    #[serde(default)]
+    pub allow_no_sni: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +102,11 @@ pub struct RawLimits {
     pub shutdown_grace: String,
     pub requests_per_second: i64,
     pub burst: i64,
+    pub max_connections: i64,
+    pub max_connections_per_client: i64,
+    pub max_header_bytes: i64,
+    pub max_uri_bytes: i64,
+    pub sni_timeout: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,4 +114,6 @@ pub struct RawAudit {
     pub sink: String,
     pub path: Option<String>,
     pub format: String,
+    pub queue: i64,
+    pub on_full: String,
 }

@@ -328,6 +328,8 @@ fn flow(
         allow_private: f.allow_private,
         parent_auth: f.parent_auth.unwrap_or(true),
         idle_timeout,
+        sni_check: f.sni_check.unwrap_or(true),
+        allow_no_sni: f.allow_no_sni,
         enabled: environment == Environment::All || environments.contains(&environment),
     })
 }
@@ -603,6 +605,25 @@ fn limits(raw: &RawConfig, p: &mut Problems) -> Limits {
         shutdown_grace: p.duration("limits.shutdown_grace", &l.shutdown_grace),
         requests_per_second: positive(p, "limits.requests_per_second", l.requests_per_second),
         burst: positive(p, "limits.burst", l.burst),
+        max_connections: positive(p, "limits.max_connections", l.max_connections),
+        max_connections_per_client: positive(
+            p,
+            "limits.max_connections_per_client",
+            l.max_connections_per_client,
+        ),
+        max_header_bytes: at_least(p, "limits.max_header_bytes", l.max_header_bytes, 8192),
+        max_uri_bytes: at_least(p, "limits.max_uri_bytes", l.max_uri_bytes, 256),
+        sni_timeout: p.duration("limits.sni_timeout", &l.sni_timeout),
+    }
+}
+
+fn at_least(p: &mut Problems, path: &str, value: i64, min: u32) -> u32 {
+    match u32::try_from(value) {
+        Ok(v) if v >= min => v,
+        _ => {
+            p.add(path, format!("{value} must be at least {min}"));
+            min
+        }
     }
 }
 
@@ -630,5 +651,28 @@ fn audit(raw: &RawConfig, p: &mut Problems) -> Audit {
             AuditFormat::Json
         }
     };
-    Audit { sink, format }
+    let drop_when_full = match a.on_full.as_str() {
+        "block" => false,
+        "drop" => true,
+        other => {
+            p.add(
+                "audit.on_full",
+                format!("{other:?} is not a choice (block, drop)"),
+            );
+            false
+        }
+    };
+    let queue = match usize::try_from(a.queue) {
+        Ok(q) if q >= 1 => q,
+        _ => {
+            p.add("audit.queue", format!("{} must be at least 1", a.queue));
+            1
+        }
+    };
+    Audit {
+        sink,
+        format,
+        queue,
+        drop_when_full,
+    }
 }

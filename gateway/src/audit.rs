@@ -1,16 +1,18 @@
 //! The audit log: one JSON line per finished request or tunnel, per denial, per reload.
-//! Records are numbered by the single writer (gaps are visible) and never dropped.
+//! Records are numbered by the single writer (gaps are visible) and never lost: a full
+//! queue makes requests wait, unless the operator chose `on_full = "drop"`.
 
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
-use passerelle_config::{AuditSink, Route, Target};
+use passerelle_config::{Audit, AuditSink, Route, Target};
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One audit record, as written (design: "Audit record").
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,16 +54,24 @@ pub struct AuditEvent {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
-    ids: Arc<IdSource>,
+    shared: Arc<LogShared>,
 }
 
-struct IdSource {
-    prefix: u32,
-    next: AtomicU64,
+struct LogShared {
+    run: u32,
+    next_id: AtomicU64,
+    /// One permit per record between its request's start and its write: a full queue
+    /// makes new requests wait (or, with `drop_when_full`, go unrecorded and counted).
+    room: Arc<Semaphore>,
+    drop_when_full: bool,
+    dropped: AtomicU64,
+    /// Dropped since the last write: the writer skips that many sequence numbers.
+    gap: AtomicU64,
+    queued: AtomicU64,
 }
 
 enum Msg {
-    Event(Box<AuditEvent>),
+    Event(Box<AuditEvent>, Option<OwnedSemaphorePermit>),
     /// Everything sent before this is written and flushed, then the writer stops.
     Close,
 }
@@ -69,43 +79,57 @@ enum Msg {
 /// Owns the writer thread; [`AuditWriter::finish`] waits until every record is on disk.
 pub struct AuditWriter {
     tx: mpsc::Sender<Msg>,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl AuditLog {
     /// Opens the sink and starts the writer thread (file I/O stays off the async runtime).
-    pub fn open(sink: &AuditSink) -> std::io::Result<(AuditLog, AuditWriter)> {
-        let out: Box<dyn Write + Send> = match sink {
+    pub fn open(settings: &Audit) -> std::io::Result<(AuditLog, AuditWriter)> {
+        let out: Box<dyn Write + Send> = match &settings.sink {
             AuditSink::Stdout => Box::new(std::io::stdout()),
             AuditSink::File(path) => {
                 Box::new(OpenOptions::new().create(true).append(true).open(path)?)
             }
         };
         let (tx, rx) = mpsc::channel::<Msg>();
+        let shared = Arc::new(LogShared {
+            run: rand::random(),
+            next_id: AtomicU64::new(1),
+            room: Arc::new(Semaphore::new(settings.queue.min(Semaphore::MAX_PERMITS))),
+            drop_when_full: settings.drop_when_full,
+            dropped: AtomicU64::new(0),
+            gap: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+        });
+        let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_all(rx, out))?;
-        let ids = Arc::new(IdSource {
-            prefix: rand::random(),
-            next: AtomicU64::new(1),
-        });
+            .spawn(move || write_all(rx, out, &writer_shared))?;
         let writer = AuditWriter {
             tx: tx.clone(),
             thread: Some(thread),
         };
-        Ok((AuditLog { tx, ids }, writer))
+        Ok((AuditLog { tx, shared }, writer))
     }
 
     /// Starts the record of a request; it is written when the last handle to it drops.
-    pub fn start(&self, client: SocketAddr, method: &str) -> Recorder {
-        let id = self.ids.next.fetch_add(1, Ordering::Relaxed);
+    /// Waits while the queue is full (back-pressure), unless `on_full = "drop"`.
+    pub async fn start(&self, client: SocketAddr, method: &str) -> Recorder {
+        let permit = if self.shared.drop_when_full {
+            self.shared.room.clone().try_acquire_owned().ok()
+        } else {
+            self.shared.room.clone().acquire_owned().await.ok()
+        };
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         Recorder(Arc::new(RecorderInner {
             log: self.clone(),
             started: Instant::now(),
+            recorded: permit.is_some() || !self.shared.drop_when_full,
+            permit: Mutex::new(permit),
             event: Mutex::new(AuditEvent {
                 ts: timestamp(SystemTime::now()),
                 event: "request",
-                id: format!("{:08x}-{id}", self.ids.prefix),
+                id: format!("{:08x}-{id}", self.shared.run),
                 client: Some(client.to_string()),
                 method: Some(method.to_string()),
                 ..AuditEvent::default()
@@ -113,6 +137,17 @@ impl AuditLog {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
         }))
+    }
+
+    /// A record outside any request (reloads, refused connections): never waits.
+    pub fn event(&self, event: AuditEvent) {
+        self.send(
+            AuditEvent {
+                ts: timestamp(SystemTime::now()),
+                ..event
+            },
+            None,
+        );
     }
 
     /// A reload record (accepted or refused).
@@ -123,8 +158,7 @@ impl AuditLog {
         before: &str,
         after: Option<&str>,
     ) {
-        self.emit(AuditEvent {
-            ts: timestamp(SystemTime::now()),
+        self.event(AuditEvent {
             event: "reload",
             decision: Some(if accepted { "allow" } else { "deny" }),
             reason,
@@ -134,9 +168,19 @@ impl AuditLog {
         });
     }
 
-    fn emit(&self, event: AuditEvent) {
-        if self.tx.send(Msg::Event(Box::new(event))).is_err() {
-            // Only after the writer failed: it has already logged why.
+    /// Records dropped because the queue was full (`on_full = "drop"`).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting for the writer.
+    pub fn queued(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, event: AuditEvent, permit: Option<OwnedSemaphorePermit>) {
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Event(Box::new(event), permit)).is_err() {
             tracing::error!("audit.writer.gone");
         }
     }
@@ -147,37 +191,87 @@ impl AuditWriter {
     pub fn finish(mut self) -> std::io::Result<()> {
         let _ = self.tx.send(Msg::Close);
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
+            Some(Ok(())) | None => Ok(()),
             Some(Err(_)) => Err(std::io::Error::other("the audit writer panicked")),
-            None => Ok(()),
         }
     }
 }
 
-fn write_all(rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
+/// The writer: takes what is queued, writes it as one batch, releases the permits only once
+/// the batch is written. A failing sink (disk full) is retried, never skipped: the queue
+/// fills and requests wait.
+fn write_all(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Write + Send>, shared: &LogShared) {
     let mut seq = 0u64;
-    let mut line = Vec::with_capacity(512);
-    while let Ok(Msg::Event(mut event)) = rx.recv() {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    let mut permits = Vec::new();
+    let mut closing = false;
+    while !closing {
+        let Ok(mut msg) = rx.recv() else { break };
         loop {
-            seq += 1;
-            event.seq = seq;
-            line.clear();
-            serde_json::to_writer(&mut line, &*event).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            if let Err(e) = out.write_all(&line) {
-                tracing::error!(error = %e, "audit.write.failed");
-                return Err(e);
+            match msg {
+                Msg::Event(mut event, permit) => {
+                    seq += 1 + shared.gap.swap(0, Ordering::Relaxed);
+                    event.seq = seq;
+                    if serde_json::to_writer(&mut batch, &*event).is_ok() {
+                        batch.push(b'\n');
+                    }
+                    permits.push(permit);
+                }
+                Msg::Close => closing = true,
+            }
+            if closing || batch.len() >= 64 * 1024 {
+                break;
             }
             match rx.try_recv() {
-                Ok(Msg::Event(next)) => event = next,
-                Ok(Msg::Close) => return out.flush(),
+                Ok(next) => msg = next,
                 Err(_) => break,
             }
         }
-        out.flush()?;
+        write_retrying(&mut out, &batch);
+        shared
+            .queued
+            .fetch_sub(permits.len() as u64, Ordering::Relaxed);
+        batch.clear();
+        permits.clear();
     }
-    out.flush()
+}
+
+fn write_retrying(out: &mut Box<dyn Write + Send>, mut data: &[u8]) {
+    let mut failing = false;
+    loop {
+        let step = if data.is_empty() {
+            out.flush().map(|()| true)
+        } else {
+            match out.write(data) {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "the sink takes no more bytes",
+                )),
+                Ok(n) => {
+                    data = &data[n..];
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match step {
+            Ok(true) => {
+                if failing {
+                    tracing::warn!("audit.write.recovered");
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "audit.write.failed: retrying every second; requests wait once the queue is full");
+                    failing = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// RFC 3339, UTC, milliseconds.
@@ -193,6 +287,9 @@ pub struct Recorder(Arc<RecorderInner>);
 struct RecorderInner {
     log: AuditLog,
     started: Instant,
+    /// False when the queue was full with `on_full = "drop"`.
+    recorded: bool,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
     event: Mutex<AuditEvent>,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
@@ -283,6 +380,12 @@ impl Drop for RecorderInner {
             event.decision = Some("deny");
             event.reason.get_or_insert_with(|| "aborted".to_string());
         }
-        self.log.emit(event);
+        if !self.recorded {
+            self.log.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.log.shared.gap.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let permit = self.permit.lock().ok().and_then(|mut p| p.take());
+        self.log.send(event, permit);
     }
 }

@@ -1,7 +1,9 @@
 //! Direct connections: resolve (static `connect_to` first, then DNS), refuse internal
 //! addresses unless the flow allows them, connect with a timeout to the address checked.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use passerelle_config::host::is_internal;
@@ -16,9 +18,36 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub type BoxedIo = Box<dyn Io>;
 
-/// The addresses to try for a direct connection, already checked against the flow.
+/// Names whose DNS answer was not among their flow's documented IPs, warned about once.
+#[derive(Default)]
+pub struct Drift(Mutex<HashSet<String>>);
+
+impl Drift {
+    fn note(&self, flow: &Flow, host: &str, addrs: &[SocketAddr]) {
+        if flow.ips.is_empty()
+            || addrs
+                .iter()
+                .any(|a| flow.ips.contains(&a.ip().to_canonical()))
+        {
+            return;
+        }
+        let mut warned = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.len() < 1024 && warned.insert(host.to_string()) {
+            let got: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+            let documented: Vec<String> = flow.ips.iter().map(IpAddr::to_string).collect();
+            tracing::warn!(
+                flow.id = %flow.id, host, resolved = %got.join(", "), documented = %documented.join(", "),
+                "dns.drift: the answer is not among the flow's documented IPs (allowed: the vendor says trust names)"
+            );
+        }
+    }
+}
+
+/// The addresses to try for a direct connection, already checked against the flow: the
+/// address checked is the address connected (no second lookup, no rebinding).
 pub async fn resolve(
     resolve: &Resolve,
+    drift: &Drift,
     target: &Target,
     flow: &Flow,
     timeout: Duration,
@@ -33,7 +62,11 @@ pub async fn resolve(
         Host::Name(name) => {
             let lookup = tokio::net::lookup_host((name.as_str(), target.port));
             match tokio::time::timeout(timeout, lookup).await {
-                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Ok(addrs)) => {
+                    let addrs: Vec<SocketAddr> = addrs.collect();
+                    drift.note(flow, name, &addrs);
+                    addrs
+                }
                 Ok(Err(source)) => {
                     return Err(ConnectError::Resolve {
                         host: host_text,
@@ -85,7 +118,7 @@ pub async fn connect_any(
     for addr in addrs {
         match tokio::time::timeout(per_address, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+                tune(&stream);
                 return Ok(stream);
             }
             Ok(Err(source)) => {
@@ -106,4 +139,13 @@ pub async fn connect_any(
     Err(last.unwrap_or(ConnectError::NoAddress {
         host: "(no address)".to_string(),
     }))
+}
+
+/// No Nagle delay; TCP keepalive so that a long quiet tunnel notices a dead peer.
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(20));
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }

@@ -138,6 +138,10 @@ pub enum GatewayError {
     MethodNotAllowed(http::Method),
     #[error("request loop: it already passed through {0}")]
     Loop(String),
+    #[error("too many requests from {0}; slow down")]
+    RateLimited(std::net::IpAddr),
+    #[error("the request URI is longer than {0} bytes")]
+    UriTooLong(u32),
     #[error("{what} refused: {reason}")]
     Denied { what: String, reason: DenyReason },
     #[error(transparent)]
@@ -155,6 +159,8 @@ impl GatewayError {
             GatewayError::HttpsForward => "https_forward",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::Loop(_) => "loop",
+            GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::UriTooLong(_) => "uri_too_long",
             GatewayError::Denied { reason, .. } => reason.code(),
             GatewayError::Connect(e) => e.code(),
             GatewayError::Parent(e) => e.code(),
@@ -168,6 +174,8 @@ impl GatewayError {
             }
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Loop(_) => StatusCode::LOOP_DETECTED,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::Denied { .. } | GatewayError::Connect(ConnectError::Internal { .. }) => {
                 StatusCode::FORBIDDEN
             }
@@ -194,7 +202,13 @@ impl GatewayError {
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
         );
-        if status == StatusCode::BAD_REQUEST || status == StatusCode::LOOP_DETECTED {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::BAD_REQUEST
+            || status == StatusCode::LOOP_DETECTED
+            || status == StatusCode::URI_TOO_LONG
+        {
             headers.insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),

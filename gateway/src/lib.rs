@@ -7,10 +7,12 @@ pub mod body;
 pub mod connect;
 pub mod error;
 pub mod headers;
+pub mod limits;
 pub mod parent;
 pub mod pool;
 pub mod relay;
 pub mod service;
+pub mod sni;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +27,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{AuditLog, AuditWriter};
-use crate::parent::Parents;
+use tokio::io::AsyncWriteExt;
+
+use crate::audit::{AuditEvent, AuditLog, AuditWriter};
+use crate::connect::{tune, Drift};
+use crate::limits::Refusal;
 use crate::pool::Pool;
 use crate::service::{Runtime, Shared};
 
@@ -56,8 +61,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every listener, opens the audit sink, and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let parents = Parents::new(&config.upstreams).map_err(StartError::Parents)?;
-        let (audit, writer) = AuditLog::open(&config.audit.sink).map_err(StartError::Audit)?;
+        let (audit, writer) = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
         let mut listeners = Vec::new();
         for addr in &config.listen.proxy {
             let listener = TcpListener::bind(addr)
@@ -68,9 +72,12 @@ impl Gateway {
                 })?;
             listeners.push(listener);
         }
+        let runtime = Runtime::new(config).map_err(StartError::Parents)?;
         let shared = Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(Runtime { config, parents }),
+            runtime: ArcSwap::from_pointee(runtime),
             audit,
+            connections: Arc::default(),
+            drift: Drift::default(),
             origins: Pool::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -86,6 +93,10 @@ impl Gateway {
                 closing.clone(),
             )));
         }
+        accept_tasks.push(tokio::spawn(prune_rate_limiter(
+            shared.clone(),
+            closing.clone(),
+        )));
         Ok(Gateway {
             shared,
             closing,
@@ -110,10 +121,7 @@ impl Gateway {
     /// Either way the audit gets a record with the digests.
     pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), String> {
         let before = self.digest();
-        let outcome = loaded.map_err(|e| e.to_string()).and_then(|config| {
-            let parents = Parents::new(&config.upstreams)?;
-            Ok(Runtime { config, parents })
-        });
+        let outcome = loaded.map_err(|e| e.to_string()).and_then(Runtime::new);
         match outcome {
             Ok(runtime) => {
                 let current = self.shared.runtime.load();
@@ -174,16 +182,67 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: Cancellatio
         };
         match accepted {
             Ok((stream, client)) => {
-                let _ = stream.set_nodelay(true);
-                shared
-                    .tracker
-                    .spawn(serve(stream, client, shared.clone(), closing.clone()));
+                let limits = shared.runtime.load().config.limits.clone();
+                match shared
+                    .connections
+                    .admit(client.ip().to_canonical(), &limits)
+                {
+                    Ok(admitted) => {
+                        tune(&stream);
+                        let task = serve(stream, client, shared.clone(), closing.clone());
+                        shared.tracker.spawn(async move {
+                            task.await;
+                            drop(admitted);
+                        });
+                    }
+                    Err(refusal) => refuse(stream, client, refusal, &shared),
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: do not spin.
                 tracing::warn!(error = %e, "accept.failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Over the total: closed before reading. Over the client's share: a short 503. Audited.
+fn refuse(stream: TcpStream, client: SocketAddr, refusal: Refusal, shared: &Shared) {
+    shared.audit.event(AuditEvent {
+        event: "request",
+        client: Some(client.to_string()),
+        decision: Some("deny"),
+        reason: Some(refusal.code().to_string()),
+        status: (refusal == Refusal::PerClient).then_some(503),
+        ..AuditEvent::default()
+    });
+    if refusal == Refusal::PerClient {
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let body = "passerelle: too many connections from this client\n";
+            let response = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
+                body.len()
+            );
+            let write = stream.write_all(response.as_bytes());
+            let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+        });
+    }
+}
+
+/// The rate limiter's key table grows with every client seen: prune it.
+async fn prune_rate_limiter(shared: Arc<Shared>, closing: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let runtime = shared.runtime.load();
+                runtime.limiter.retain_recent();
+                runtime.limiter.shrink_to_fit();
+            }
+            _ = closing.cancelled() => return,
         }
     }
 }
@@ -195,7 +254,7 @@ async fn serve(
     shared: Arc<Shared>,
     closing: CancellationToken,
 ) {
-    let header_timeout = shared.runtime.load().config.limits.header_timeout;
+    let limits = shared.runtime.load().config.limits.clone();
     let stop = shared.stop.clone();
     let service = {
         let shared = shared.clone();
@@ -203,7 +262,8 @@ async fn serve(
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes as usize)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);

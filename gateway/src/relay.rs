@@ -7,24 +7,66 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use passerelle_config::{Flow, Host};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Recorder;
 use crate::body::Direction;
+use crate::sni::{self, Hello};
 
-/// Relays until the end, and records how it ended.
+/// How a tunnel runs: its idle timeout, and the SNI check on a flow's TLS port.
+pub struct Plan {
+    pub idle: Duration,
+    pub sni: Option<SniRule>,
+}
+
+pub struct SniRule {
+    pub target: Host,
+    pub flow: Arc<Flow>,
+    pub timeout: Duration,
+}
+
+/// Checks the ClientHello when the plan says so, relays until the end, and records how it
+/// ended.
 pub async fn tunnel<A, B>(
-    client: A,
-    upstream: B,
-    idle: Duration,
+    mut client: A,
+    mut upstream: B,
+    plan: Plan,
     record: Recorder,
     stop: CancellationToken,
 ) where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(rule) = &plan.sni {
+        let mut first = Vec::new();
+        let hello = tokio::select! {
+            hello = sni::read_client_hello(&mut client, rule.timeout, &mut first) => hello,
+            _ = stop.cancelled() => Hello::Closed,
+        };
+        if let Hello::Name(name) = &hello {
+            record.sni(Some(name.clone()));
+        }
+        if let Err(reason) = sni::verdict(&hello, &rule.target, &rule.flow) {
+            let detail = match &hello {
+                Hello::Name(name) => format!(
+                    "the TLS ClientHello names {name}, not a host of flow {}",
+                    rule.flow.id
+                ),
+                other => format!("TLS check on flow {}: {other:?}", rule.flow.id),
+            };
+            record.deny(reason, detail, Some(&rule.flow.id));
+            return;
+        }
+        record.add_up(first.len() as u64);
+        if upstream.write_all(&first).await.is_err() {
+            record.reason("relay_error");
+            return;
+        }
+    }
+    let idle = plan.idle;
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let mut client = Metered::new(

@@ -13,15 +13,18 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use passerelle_config::{ClientInfo, Config, Decision, Flow, Host, Kind, Route, Target};
+use passerelle_config::{
+    ClientInfo, Config, Decision, DenyReason, Flow, Host, Kind, Route, Target,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditLog, Recorder};
 use crate::body::{empty, Body, Counted, Direction};
-use crate::connect::{connect_any, resolve, BoxedIo};
+use crate::connect::{connect_any, resolve, BoxedIo, Drift};
 use crate::error::{ConnectError, GatewayError, Hop};
 use crate::headers::{add_via, has_our_via, strip_hop_by_hop};
+use crate::limits::{rate_limiter, Connections, RateLimiter};
 use crate::parent::Parents;
 use crate::pool::Pool;
 use crate::relay;
@@ -30,12 +33,25 @@ use crate::relay;
 pub struct Runtime {
     pub config: Config,
     pub parents: Parents,
+    pub limiter: RateLimiter,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Result<Runtime, String> {
+        Ok(Runtime {
+            parents: Parents::new(&config.upstreams)?,
+            limiter: rate_limiter(&config.limits),
+            config,
+        })
+    }
 }
 
 /// What every request shares.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub audit: AuditLog,
+    pub connections: Arc<Connections>,
+    pub drift: Drift,
     pub origins: Arc<Pool<(Host, u16)>>,
     pub tracker: TaskTracker,
     /// Cancelled when shutdown's grace period is over: tunnels end, records are written.
@@ -48,7 +64,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let runtime = shared.runtime.load_full();
-    let record = shared.audit.start(client, req.method().as_str());
+    let record = shared.audit.start(client, req.method().as_str()).await;
     let response = match proxy(&shared, &runtime, client, req, &record).await {
         Ok(response) => response,
         Err(error) => {
@@ -73,9 +89,27 @@ async fn proxy(
     record: &Recorder,
 ) -> Result<Response<Body>, GatewayError> {
     let policy = &runtime.config.policy;
+    let limits = &runtime.config.limits;
     let client = ClientInfo { addr: client };
-    let target = request_target(&req)?;
-    record.target(&target, scheme(&target), path(&req));
+    let target = request_target(&req, limits.max_uri_bytes);
+    if let Ok(target) = &target {
+        record.target(target, scheme(target), path(&req));
+    }
+    if !policy.client_allowed(&client) {
+        let what = match &target {
+            Ok(target) => describe(&req, target),
+            Err(_) => format!("{} {:.200}", req.method(), req.uri()),
+        };
+        let reason = DenyReason::ClientNotAllowed {
+            client: client.addr.ip(),
+        };
+        return Err(GatewayError::Denied { what, reason });
+    }
+    let client_ip = client.addr.ip().to_canonical();
+    if runtime.limiter.check_key(&client_ip).is_err() {
+        return Err(GatewayError::RateLimited(client_ip));
+    }
+    let target = target?;
     if has_our_via(req.headers(), &runtime.config.listen.via) {
         return Err(GatewayError::Loop(runtime.config.listen.via.clone()));
     }
@@ -101,7 +135,7 @@ async fn tunnel(
     runtime: &Runtime,
     mut req: Request<Incoming>,
     target: &Target,
-    flow: &Flow,
+    flow: &Arc<Flow>,
     route: Route,
     record: &Recorder,
 ) -> Result<Response<Body>, GatewayError> {
@@ -110,6 +144,7 @@ async fn tunnel(
         Route::Direct => {
             let addrs = resolve(
                 &runtime.config.resolve,
+                &shared.drift,
                 target,
                 flow,
                 limits.connect_timeout,
@@ -126,13 +161,20 @@ async fn tunnel(
         }
     };
     record.route(&route_taken);
-    let idle = flow.idle_timeout.unwrap_or(limits.idle_timeout);
+    let plan = relay::Plan {
+        idle: flow.idle_timeout.unwrap_or(limits.idle_timeout),
+        sni: (flow.sni_check && flow.tls_ports.contains(&target.port)).then(|| relay::SniRule {
+            target: target.host.clone(),
+            flow: flow.clone(),
+            timeout: limits.sni_timeout,
+        }),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (record, stop) = (record.clone(), shared.stop.clone());
     shared.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                relay::tunnel(TokioIo::new(upgraded), upstream, idle, record, stop).await
+                relay::tunnel(TokioIo::new(upgraded), upstream, plan, record, stop).await
             }
             Err(_) => record.reason("client_gone"),
         }
@@ -219,6 +261,7 @@ async fn send_direct(
     let limits = &runtime.config.limits;
     let addrs = resolve(
         &runtime.config.resolve,
+        &shared.drift,
         target,
         flow,
         limits.connect_timeout,
@@ -244,8 +287,13 @@ async fn send_direct(
 }
 
 /// The target of a proxy request: CONNECT's authority, or an absolute `http://` URI.
-fn request_target<B>(req: &Request<B>) -> Result<Target, GatewayError> {
+fn request_target<B>(req: &Request<B>, max_uri: u32) -> Result<Target, GatewayError> {
     let uri = req.uri();
+    let length = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if length > max_uri as usize {
+        return Err(GatewayError::UriTooLong(max_uri));
+    }
     let kind = if req.method() == Method::CONNECT {
         Kind::Connect
     } else {

@@ -1,0 +1,95 @@
+//! Admission limits: open connections in total and per client IP, and the per-client
+//! request rate (governor; its key table is pruned on a timer so it cannot grow unbounded).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota};
+use passerelle_config::Limits;
+
+pub type RateLimiter = DefaultKeyedRateLimiter<IpAddr>;
+
+pub fn rate_limiter(limits: &Limits) -> RateLimiter {
+    let rate = NonZeroU32::new(limits.requests_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// Open client connections, counted as they are accepted and released when they close.
+#[derive(Default)]
+pub struct Connections {
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, u32>>,
+    pub refused_total: AtomicU64,
+    pub refused_per_client: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over `limits.max_connections`: closed before reading anything.
+    Total,
+    /// Over `limits.max_connections_per_client`: answered 503.
+    PerClient,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Total => "too_many_connections",
+            Refusal::PerClient => "client_connection_limit",
+        }
+    }
+}
+
+/// Holds one admitted connection's place until dropped.
+pub struct Admitted {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Admitted, Refusal> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= limits.max_connections as usize {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Total);
+        }
+        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_client.entry(ip).or_insert(0);
+        if *count >= limits.max_connections_per_client {
+            drop(per_client);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            self.refused_per_client.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::PerClient);
+        }
+        *count += 1;
+        Ok(Admitted {
+            connections: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.connections.total.fetch_sub(1, Ordering::AcqRel);
+        let mut per_client = self
+            .connections
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_client.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_client.remove(&self.ip);
+            }
+        }
+    }
+}
