@@ -142,6 +142,12 @@ pub enum GatewayError {
     RateLimited(std::net::IpAddr),
     #[error("the request URI is longer than {0} bytes")]
     UriTooLong(u32),
+    #[error("transfer coding {0:?} is not supported (only chunked)")]
+    TransferCoding(String),
+    #[error("the request head is larger than {0} bytes")]
+    HeaderTooLarge(u32),
+    #[error("the request body is malformed: {0}")]
+    ClientBody(String),
     #[error("{what} refused: {reason}")]
     Denied { what: String, reason: DenyReason },
     #[error(transparent)]
@@ -161,6 +167,9 @@ impl GatewayError {
             GatewayError::Loop(_) => "loop",
             GatewayError::RateLimited(_) => "rate_limited",
             GatewayError::UriTooLong(_) => "uri_too_long",
+            GatewayError::TransferCoding(_) => "transfer_coding",
+            GatewayError::HeaderTooLarge(_) => "header_too_large",
+            GatewayError::ClientBody(_) => "client_body_error",
             GatewayError::Denied { reason, .. } => reason.code(),
             GatewayError::Connect(e) => e.code(),
             GatewayError::Parent(e) => e.code(),
@@ -176,6 +185,9 @@ impl GatewayError {
             GatewayError::Loop(_) => StatusCode::LOOP_DETECTED,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            GatewayError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::Denied { .. } | GatewayError::Connect(ConnectError::Internal { .. }) => {
                 StatusCode::FORBIDDEN
             }
@@ -208,6 +220,7 @@ impl GatewayError {
         if status == StatusCode::BAD_REQUEST
             || status == StatusCode::LOOP_DETECTED
             || status == StatusCode::URI_TOO_LONG
+            || status == StatusCode::NOT_IMPLEMENTED
         {
             headers.insert(
                 header::CONNECTION,
@@ -215,5 +228,15 @@ impl GatewayError {
             );
         }
         response
+    }
+}
+
+/// A failed exchange with the next hop: the client's own body when hyper says the body it
+/// was given failed (a malformed chunk), the hop otherwise.
+pub fn exchange_error(hop: Hop, addr: String, source: hyper::Error) -> GatewayError {
+    if source.is_user() {
+        GatewayError::ClientBody(source.to_string())
+    } else {
+        ConnectError::Http { hop, addr, source }.into()
     }
 }

@@ -267,12 +267,40 @@ async fn serve(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = closing.cancelled() => conn.as_mut().graceful_shutdown(),
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stop.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = ended {
+        audit_connection_error(&shared, client, &error);
     }
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.cancelled() => {}
-    }
+}
+
+/// Requests hyper refused before they reached the request path (it answered 400 or 431
+/// itself, or cut a slow head) still get their record.
+fn audit_connection_error(shared: &Shared, client: SocketAddr, error: &hyper::Error) {
+    let (reason, status) = if error.is_parse_too_large() {
+        ("header_too_large", Some(431))
+    } else if error.is_parse() {
+        ("malformed_request", Some(400))
+    } else if error.is_timeout() {
+        ("header_timeout", None)
+    } else {
+        return;
+    };
+    shared.audit.event(AuditEvent {
+        event: "request",
+        client: Some(client.to_string()),
+        decision: Some("deny"),
+        reason: Some(reason.to_string()),
+        detail: Some(error.to_string()),
+        status,
+        ..AuditEvent::default()
+    });
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{AuditLog, Recorder};
 use crate::body::{empty, Body, Counted, Direction};
 use crate::connect::{connect_any, resolve, BoxedIo, Drift};
-use crate::error::{ConnectError, GatewayError, Hop};
+use crate::error::{exchange_error, GatewayError, Hop};
 use crate::headers::{add_via, has_our_via, strip_hop_by_hop};
 use crate::limits::{rate_limiter, Connections, RateLimiter};
 use crate::parent::Parents;
@@ -91,6 +91,14 @@ async fn proxy(
     let policy = &runtime.config.policy;
     let limits = &runtime.config.limits;
     let client = ClientInfo { addr: client };
+    let head_size: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if head_size > limits.max_header_bytes as usize {
+        return Err(GatewayError::HeaderTooLarge(limits.max_header_bytes));
+    }
     let target = request_target(&req, limits.max_uri_bytes);
     if let Ok(target) = &target {
         record.target(target, scheme(target), path(&req));
@@ -195,6 +203,7 @@ async fn forward(
     let via = &runtime.config.listen.via;
     let timeout = runtime.config.limits.connect_timeout;
     let (mut parts, body) = req.into_parts();
+    reframe(&mut parts.headers)?;
     strip_hop_by_hop(&mut parts.headers);
     add_via(&mut parts.headers, parts.version, via);
     parts.headers.insert(HOST, host_header(target));
@@ -237,11 +246,7 @@ async fn send_direct(
 ) -> Result<Response<Incoming>, GatewayError> {
     let key = (target.host.clone(), target.port);
     let origin = target.to_string();
-    let http_error = |source| ConnectError::Http {
-        hop: Hop::Origin,
-        addr: origin.clone(),
-        source,
-    };
+    let http_error = |source| exchange_error(Hop::Origin, origin.clone(), source);
     let mut request = Some((parts, body));
     if let Some(mut sender) = shared.origins.checkout(&key) {
         let (parts, body) = request.take().expect("request present");
@@ -253,7 +258,7 @@ async fn send_direct(
             }
             Err(source) => match retry {
                 Some(parts) => request = Some((parts, empty())),
-                None => return Err(http_error(source).into()),
+                None => return Err(http_error(source)),
             },
         }
     }
@@ -357,6 +362,25 @@ fn describe<B>(req: &Request<B>, target: &Target) -> String {
             req.uri().path()
         ),
     }
+}
+
+/// The next hop's framing is derived from the body hyper parsed, never copied from the
+/// client's headers (no smuggling through odd `Content-Length`/`Transfer-Encoding`
+/// combinations: with both, hyper reads the body by `Transfer-Encoding`, RFC 9112 §6.3,
+/// and the origin sees only the framing we derive). Codings other than `chunked` are
+/// refused rather than silently dropped.
+fn reframe(headers: &mut http::HeaderMap) -> Result<(), GatewayError> {
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        let codings = value.to_str().unwrap_or("?");
+        if !codings.trim().eq_ignore_ascii_case("chunked") {
+            return Err(GatewayError::TransferCoding(
+                codings.chars().take(64).collect(),
+            ));
+        }
+    }
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(CONTENT_LENGTH);
+    Ok(())
 }
 
 /// `host`, or `host:port` when the port is not 80.

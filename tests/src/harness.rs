@@ -204,3 +204,41 @@ pub fn origin_flow(id: &str, host: &str, port: u16, addr: SocketAddr) -> String 
         "[[flows]]\nid = \"{id}\"\nhosts = [\"{host}\"]\nports = [{port}]\n\n[resolve]\nconnect_to = [\"{host}:{port}={addr}\"]\n"
     )
 }
+
+/// Sends raw bytes to `addr` and reads the answer: the head and, when it says
+/// `Content-Length`, the body; or whatever came before the peer closed (empty when it
+/// closed without a word). Bounded by a few seconds.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    if s.write_all(request).await.is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if out.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -2,4 +2,5 @@
 
 mod cli;
 mod core;
+mod hostile;
 mod upstream;
