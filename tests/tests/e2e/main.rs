@@ -2,5 +2,6 @@
 
 mod cli;
 mod core;
+mod durability;
 mod hostile;
 mod upstream;
