@@ -38,6 +38,7 @@ const LIST_KEYS: &[&str] = &[
     "listen.proxy",
     "clients.allow",
     "routing.direct",
+    "pac.direct",
     "resolve.connect_to",
 ];
 
@@ -47,6 +48,7 @@ pub struct Config {
     pub policy: Policy,
     pub listen: Listen,
     pub upstreams: Vec<Upstream>,
+    pub pac: Pac,
     pub resolve: Resolve,
     pub limits: Limits,
     pub audit: Audit,
@@ -59,6 +61,16 @@ pub struct Config {
 pub struct Listen {
     pub proxy: Vec<SocketAddr>,
     pub via: String,
+    pub admin: Option<SocketAddr>,
+}
+
+/// What `/proxy.pac` tells workstations.
+#[derive(Debug, Clone)]
+pub struct Pac {
+    /// `host:port` to announce; empty: derived from the listener or the request.
+    pub proxy: String,
+    /// DIRECT for the workstations, after localhost, 127.0.0.1 and `<local>`.
+    pub direct: Vec<DirectPattern>,
 }
 
 /// A parent proxy. `url` is its normal form, used in logs and the audit's `route`.
@@ -107,11 +119,21 @@ pub struct Limits {
 pub enum AuditSink {
     Stdout,
     File(PathBuf),
+    Syslog(SyslogTarget),
+}
+
+/// Where syslog datagrams go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    Unix(PathBuf),
+    Udp(SocketAddr),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditFormat {
     Json,
+    /// Squid's native access.log line.
+    Squid,
 }
 
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub flows: Vec<RawFlow>,
     pub routing: RawRouting,
+    pub pac: RawPac,
     #[serde(default)]
     pub upstream: Vec<RawUpstream>,
     pub resolve: RawResolve,
@@ -24,6 +25,13 @@ pub struct RawConfig {
 pub struct RawListen {
     pub proxy: Vec<String>,
     pub via: String,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPac {
+    pub proxy: String,
+    pub direct: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +121,7 @@ pub struct RawLimits {
 pub struct RawAudit {
     pub sink: String,
     pub path: Option<String>,
+    pub syslog: String,
     pub format: String,
     pub queue: i64,
     pub on_full: String,

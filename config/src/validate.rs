@@ -81,6 +81,7 @@ pub(crate) fn compile(
         .filter_map(|(i, u)| upstream(u, &format!("upstream[{i}]"), env, &listen, &mut p))
         .collect();
     let routing = routing(&raw, !raw.upstream.is_empty(), &mut p);
+    let pac = pac(&raw, &mut p);
     let resolve = resolve(&raw, &mut p);
     let limits = limits(&raw, &mut p);
     let audit = audit(&raw, &mut p);
@@ -92,6 +93,7 @@ pub(crate) fn compile(
         policy: Policy::new(flows, clients, routing),
         listen,
         upstreams,
+        pac,
         resolve,
         limits,
         audit,
@@ -125,7 +127,38 @@ fn listen(raw: &RawConfig, p: &mut Problems) -> Listen {
             format!("{via:?} must be a token (letters, digits, - . _)"),
         );
     }
-    Listen { proxy, via }
+    let admin = raw.listen.admin.as_deref().and_then(|a| match a.trim().parse::<SocketAddr>() {
+        Ok(addr) => {
+            if addr.port() != 0 && proxy.iter().any(|l| l.port() == addr.port() && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())) {
+                p.add("listen.admin", format!("{addr} is a proxy listener's address: the admin endpoint needs its own port"));
+            }
+            Some(addr)
+        }
+        Err(_) => {
+            p.add("listen.admin", format!("{a:?} is not an IP:port address"));
+            None
+        }
+    });
+    Listen { proxy, via, admin }
+}
+
+fn pac(raw: &RawConfig, p: &mut Problems) -> crate::Pac {
+    let proxy = raw.pac.proxy.trim().to_string();
+    if !proxy.is_empty() && (!proxy.contains(':') || proxy.contains([' ', ';', '"', '\''])) {
+        p.add("pac.proxy", format!("{proxy:?} must be host:port"));
+    }
+    let direct = raw
+        .pac
+        .direct
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            DirectPattern::parse(d)
+                .map_err(|e| p.add(format!("pac.direct[{i}]"), e.to_string()))
+                .ok()
+        })
+        .collect();
+    crate::Pac { proxy, direct }
 }
 
 fn clients(raw: &RawConfig, listen: &Listen, p: &mut Problems) -> Vec<IpNet> {
@@ -636,18 +669,35 @@ fn audit(raw: &RawConfig, p: &mut Problems) -> Audit {
             p.add("audit.path", "sink = \"file\" needs a path");
             AuditSink::Stdout
         }
+        ("syslog", _) => {
+            let target = if let Some(path) = a.syslog.strip_prefix("unix:") {
+                Some(crate::SyslogTarget::Unix(PathBuf::from(path)))
+            } else if let Some(addr) = a.syslog.strip_prefix("udp:") {
+                addr.parse().ok().map(crate::SyslogTarget::Udp)
+            } else {
+                None
+            };
+            match target {
+                Some(t) => AuditSink::Syslog(t),
+                None => {
+                    let msg = format!("{:?} must be unix:/path or udp:IP:PORT", a.syslog);
+                    p.add("audit.syslog", msg);
+                    AuditSink::Stdout
+                }
+            }
+        }
         (other, _) => {
-            p.add(
-                "audit.sink",
-                format!("{other:?} is not a sink (stdout, file)"),
-            );
+            let msg = format!("{other:?} is not a sink (stdout, file, syslog)");
+            p.add("audit.sink", msg);
             AuditSink::Stdout
         }
     };
     let format = match a.format.as_str() {
         "json" => AuditFormat::Json,
+        "squid" => AuditFormat::Squid,
         other => {
-            p.add("audit.format", format!("{other:?} is not a format (json)"));
+            let msg = format!("{other:?} is not a format (json, squid)");
+            p.add("audit.format", msg);
             AuditFormat::Json
         }
     };

@@ -2,7 +2,6 @@
 //! Records are numbered by the single writer (gaps are visible) and never lost: a full
 //! queue makes requests wait, unless the operator chose `on_full = "drop"`.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +9,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
-use passerelle_config::{Audit, AuditSink, Route, Target};
+use passerelle_config::{Audit, AuditFormat, Route, Target};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::sink::{format_line, Sink};
 
 /// One audit record, as written (design: "Audit record").
 #[derive(Debug, Clone, Default, Serialize)]
@@ -43,6 +45,9 @@ pub struct AuditEvent {
     pub bytes_down: u64,
     pub duration_ms: u64,
     pub sni: Option<String>,
+    /// Start time in milliseconds since the Unix epoch (Squid's time field).
+    #[serde(skip)]
+    pub started_ms: u64,
     /// Reload records: the configuration digest before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest_before: Option<String>,
@@ -68,10 +73,13 @@ struct LogShared {
     /// Dropped since the last write: the writer skips that many sequence numbers.
     gap: AtomicU64,
     queued: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 enum Msg {
     Event(Box<AuditEvent>, Option<OwnedSemaphorePermit>),
+    /// Reopen a file sink (SIGUSR1, after logrotate).
+    Reopen,
     /// Everything sent before this is written and flushed, then the writer stops.
     Close,
 }
@@ -85,12 +93,8 @@ pub struct AuditWriter {
 impl AuditLog {
     /// Opens the sink and starts the writer thread (file I/O stays off the async runtime).
     pub fn open(settings: &Audit) -> std::io::Result<(AuditLog, AuditWriter)> {
-        let out: Box<dyn Write + Send> = match &settings.sink {
-            AuditSink::Stdout => Box::new(std::io::stdout()),
-            AuditSink::File(path) => {
-                Box::new(OpenOptions::new().create(true).append(true).open(path)?)
-            }
-        };
+        let sink = Sink::open(&settings.sink)?;
+        let format = settings.format;
         let (tx, rx) = mpsc::channel::<Msg>();
         let shared = Arc::new(LogShared {
             run: rand::random(),
@@ -100,11 +104,12 @@ impl AuditLog {
             dropped: AtomicU64::new(0),
             gap: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            metrics: Arc::default(),
         });
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_all(rx, out, &writer_shared))?;
+            .spawn(move || write_all(rx, sink, format, &writer_shared))?;
         let writer = AuditWriter {
             tx: tx.clone(),
             thread: Some(thread),
@@ -128,6 +133,7 @@ impl AuditLog {
             permit: Mutex::new(permit),
             event: Mutex::new(AuditEvent {
                 ts: timestamp(SystemTime::now()),
+                started_ms: epoch_ms(SystemTime::now()),
                 event: "request",
                 id: format!("{:08x}-{id}", self.shared.run),
                 client: Some(client.to_string()),
@@ -144,6 +150,7 @@ impl AuditLog {
         self.send(
             AuditEvent {
                 ts: timestamp(SystemTime::now()),
+                started_ms: epoch_ms(SystemTime::now()),
                 ..event
             },
             None,
@@ -168,6 +175,16 @@ impl AuditLog {
         });
     }
 
+    /// The metrics derived from the records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Asks the writer to reopen a file sink (after logrotate moved it away).
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen);
+    }
+
     /// Records dropped because the queue was full (`on_full = "drop"`).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
@@ -179,6 +196,7 @@ impl AuditLog {
     }
 
     fn send(&self, event: AuditEvent, permit: Option<OwnedSemaphorePermit>) {
+        self.shared.metrics.observe(&event);
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Msg::Event(Box::new(event), permit)).is_err() {
             tracing::error!("audit.writer.gone");
@@ -200,7 +218,7 @@ impl AuditWriter {
 /// The writer: takes what is queued, writes it as one batch, releases the permits only once
 /// the batch is written. A failing sink (disk full) is retried, never skipped: the queue
 /// fills and requests wait.
-fn write_all(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Write + Send>, shared: &LogShared) {
+fn write_all(rx: mpsc::Receiver<Msg>, mut sink: Sink, format: AuditFormat, shared: &LogShared) {
     let mut seq = 0u64;
     let mut batch = Vec::with_capacity(64 * 1024);
     let mut permits = Vec::new();
@@ -212,10 +230,13 @@ fn write_all(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Write + Send>, shared: &L
                 Msg::Event(mut event, permit) => {
                     seq += 1 + shared.gap.swap(0, Ordering::Relaxed);
                     event.seq = seq;
-                    if serde_json::to_writer(&mut batch, &*event).is_ok() {
-                        batch.push(b'\n');
-                    }
+                    format_line(&event, format, &mut batch);
                     permits.push(permit);
+                }
+                Msg::Reopen => {
+                    write_retrying(sink.out(), &batch);
+                    batch.clear();
+                    sink.reopen();
                 }
                 Msg::Close => closing = true,
             }
@@ -227,7 +248,7 @@ fn write_all(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Write + Send>, shared: &L
                 Err(_) => break,
             }
         }
-        write_retrying(&mut out, &batch);
+        write_retrying(sink.out(), &batch);
         shared
             .queued
             .fetch_sub(permits.len() as u64, Ordering::Relaxed);
@@ -277,6 +298,11 @@ fn write_retrying(out: &mut Box<dyn Write + Send>, mut data: &[u8]) {
 /// RFC 3339, UTC, milliseconds.
 fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A request's record in progress, shared by the request path, the response body and the
@@ -381,6 +407,7 @@ impl Drop for RecorderInner {
             event.reason.get_or_insert_with(|| "aborted".to_string());
         }
         if !self.recorded {
+            self.log.shared.metrics.observe(&event);
             self.log.shared.dropped.fetch_add(1, Ordering::Relaxed);
             self.log.shared.gap.fetch_add(1, Ordering::Relaxed);
             return;

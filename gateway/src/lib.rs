@@ -2,16 +2,21 @@
 //! ([`service`]), connectors (direct and parent), relays, and the audit writer.
 //! [`Gateway::start`] runs it in-process (tests do), the `passerelle` binary around it.
 
+pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod connect;
 pub mod error;
 pub mod headers;
 pub mod limits;
+pub mod metrics;
+pub mod pac;
 pub mod parent;
 pub mod pool;
 pub mod relay;
+pub mod report;
 pub mod service;
+pub mod sink;
 pub mod sni;
 
 use std::net::SocketAddr;
@@ -54,6 +59,7 @@ pub struct Gateway {
     /// Cancelled at shutdown: listeners stop accepting, connections finish their exchange.
     closing: CancellationToken,
     proxy_addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     accept_tasks: Vec<JoinHandle<()>>,
     writer: AuditWriter,
 }
@@ -62,6 +68,14 @@ impl Gateway {
     /// Binds every listener, opens the audit sink, and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let (audit, writer) = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
+        let admin = match config.listen.admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let mut listeners = Vec::new();
         for addr in &config.listen.proxy {
             let listener = TcpListener::bind(addr)
@@ -81,6 +95,7 @@ impl Gateway {
             origins: Pool::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            reload: tokio::sync::Notify::new(),
         });
         let closing = CancellationToken::new();
         let mut proxy_addrs = Vec::new();
@@ -93,6 +108,18 @@ impl Gateway {
                 closing.clone(),
             )));
         }
+        let admin_addr = match admin {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(StartError::Audit)?;
+                accept_tasks.push(tokio::spawn(admin::serve(
+                    listener,
+                    shared.clone(),
+                    closing.clone(),
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
         accept_tasks.push(tokio::spawn(prune_rate_limiter(
             shared.clone(),
             closing.clone(),
@@ -101,6 +128,7 @@ impl Gateway {
             shared,
             closing,
             proxy_addrs,
+            admin_addr,
             accept_tasks,
             writer,
         })
@@ -109,6 +137,21 @@ impl Gateway {
     /// The proxy listeners' actual addresses (port 0 resolved).
     pub fn proxy_addrs(&self) -> &[SocketAddr] {
         &self.proxy_addrs
+    }
+
+    /// Reopens a file audit sink (SIGUSR1, for logrotate).
+    pub fn reopen_audit(&self) {
+        self.shared.audit.reopen();
+    }
+
+    /// The admin listener's actual address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Resolves when the admin endpoint asks for a reload (`POST /reload`).
+    pub async fn reload_requested(&self) {
+        self.shared.reload.notified().await
     }
 
     /// The running configuration's digest.

@@ -32,6 +32,15 @@ enum Command {
     PrintDefaultConfig,
     /// Read a password (without echo) and print its NT hash, for `nt_hash_file`.
     HashPassword,
+    /// Summarize audit logs (JSON lines) for the security team.
+    Report {
+        /// Audit files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +53,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
+        Command::Report { files, json } => report(&files, json),
     }
 }
 
@@ -55,7 +65,7 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     passerelle_config::load(path, &env())
 }
 
-fn report(error: &ConfigError) -> ExitCode {
+fn report_problems(error: &ConfigError) -> ExitCode {
     eprintln!("passerelle: the configuration is not valid:");
     for problem in error.problems() {
         eprintln!("  {problem}");
@@ -79,7 +89,7 @@ fn run(path: Option<&Path>) -> ExitCode {
     init_tracing();
     let config = match load(path) {
         Ok(c) => c,
-        Err(e) => return report(&e),
+        Err(e) => return report_problems(&e),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,12 +138,21 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("reload requested (SIGHUP)");
+                let _ = gateway.reload(load(path));
+            }
+            _ = usr1.recv() => {
+                tracing::info!("reopening the audit file (SIGUSR1)");
+                gateway.reopen_audit();
+            }
+            _ = gateway.reload_requested() => {
+                tracing::info!("reload requested (admin endpoint)");
                 let _ = gateway.reload(load(path));
             }
         }
@@ -147,7 +166,7 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
 fn check_config(path: Option<&Path>) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
-        Err(e) => return report(&e),
+        Err(e) => return report_problems(&e),
     };
     let policy = &config.policy;
     let rows: Vec<[String; 4]> = policy
@@ -255,5 +274,29 @@ fn hash_password() -> ExitCode {
         "{}",
         hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
+    ExitCode::SUCCESS
+}
+
+fn report(files: &[PathBuf], json: bool) -> ExitCode {
+    let mut text = String::new();
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Ok(t) => text.push_str(&t),
+            Err(e) => {
+                eprintln!("passerelle: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+        text.push('\n');
+    }
+    let summary = passerelle_gateway::report::summarize(text.lines());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        print!("{}", passerelle_gateway::report::render(&summary));
+    }
     ExitCode::SUCCESS
 }

@@ -217,6 +217,18 @@ impl Parent {
             .clone()
     }
 
+    /// `up`, `down` (cooling down after a transport failure) or `backoff` (credentials
+    /// refused): for metrics and readiness.
+    pub fn state(&self) -> &'static str {
+        if self.backoff_left().is_some() {
+            "backoff"
+        } else if self.is_down() {
+            "down"
+        } else {
+            "up"
+        }
+    }
+
     /// Up, and not in an authentication back-off: for readiness.
     pub fn is_usable(&self) -> bool {
         !self.is_down() && self.backoff_left().is_none()

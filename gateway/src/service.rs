@@ -56,6 +56,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown's grace period is over: tunnels end, records are written.
     pub stop: CancellationToken,
+    /// Notified by the admin endpoint's `POST /reload`.
+    pub reload: tokio::sync::Notify,
 }
 
 pub async fn handle(
@@ -179,13 +181,16 @@ async fn tunnel(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (record, stop) = (record.clone(), shared.stop.clone());
+    let metrics = shared.audit.metrics().clone();
     shared.tracker.spawn(async move {
+        metrics.tunnel_opened();
         match on_upgrade.await {
             Ok(upgraded) => {
                 relay::tunnel(TokioIo::new(upgraded), upstream, plan, record, stop).await
             }
             Err(_) => record.reason("client_gone"),
         }
+        metrics.tunnel_closed();
     });
     Ok(Response::new(empty()))
 }

@@ -78,11 +78,18 @@ impl TestGateway {
     }
 
     /// Graceful shutdown; every record, flushed.
-    pub async fn stop(mut self) -> Vec<Value> {
+    pub async fn stop(self) -> Vec<Value> {
+        let path = self.audit_path.clone();
+        self.shutdown().await;
+        read_audit(&path)
+    }
+
+    /// Graceful shutdown; the returned directory keeps the audit file until dropped.
+    pub async fn shutdown(mut self) -> TempDir {
         if let Some(g) = self.gateway.take() {
             g.shutdown().await.expect("clean shutdown");
         }
-        read_audit(&self.audit_path)
+        self.dir
     }
 }
 

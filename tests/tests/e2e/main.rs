@@ -4,4 +4,5 @@ mod cli;
 mod core;
 mod durability;
 mod hostile;
+mod operations;
 mod upstream;

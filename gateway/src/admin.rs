@@ -1,0 +1,202 @@
+//! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/proxy.pac`,
+//! `/flows` (the effective policy as JSON) and `POST /reload`. Never on a proxy port;
+//! clients outside `clients.allow` are refused here too.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, HOST};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use passerelle_config::{ClientInfo, Route};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{full, Body};
+use crate::metrics::Gauges;
+use crate::service::Shared;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, closing: CancellationToken) {
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = closing.cancelled() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(shared.clone(), client, req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let runtime = shared.runtime.load_full();
+    if !runtime
+        .config
+        .policy
+        .client_allowed(&ClientInfo { addr: client })
+    {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "client not in clients.allow\n".into(),
+        ));
+    }
+    let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.audit.metrics().render(&gauges(&shared)),
+        ),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") => match readiness(&shared) {
+            Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (&Method::GET, "/proxy.pac") => {
+            let proxy = announced_proxy(&shared, &req);
+            let pac = crate::pac::render(&proxy, &runtime.config.pac.direct);
+            text(StatusCode::OK, "application/x-ns-proxy-autoconfig", pac)
+        }
+        (&Method::GET, "/flows") => text(StatusCode::OK, "application/json", flows_json(&shared)),
+        (&Method::POST, "/reload") => {
+            shared.reload.notify_one();
+            text(
+                StatusCode::ACCEPTED,
+                "text/plain",
+                "reload requested; the audit log records the outcome\n".into(),
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "GET /metrics /healthz /readyz /proxy.pac /flows; POST /reload\n".into(),
+        ),
+    };
+    Ok(response)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}
+
+fn gauges(shared: &Shared) -> Gauges {
+    let runtime = shared.runtime.load();
+    Gauges {
+        connections_open: shared.connections.open(),
+        connections_refused_total: shared
+            .connections
+            .refused_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        connections_refused_per_client: shared
+            .connections
+            .refused_per_client
+            .load(std::sync::atomic::Ordering::Relaxed),
+        audit_queued: shared.audit.queued(),
+        audit_dropped: shared.audit.dropped(),
+        parents: runtime
+            .parents
+            .list()
+            .iter()
+            .map(|p| {
+                let o = std::sync::atomic::Ordering::Relaxed;
+                (
+                    p.url.clone(),
+                    p.state(),
+                    p.handshakes.load(o),
+                    p.auth_failures.load(o),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Ready when the listeners are up (they are, if this answers) and, when some route needs a
+/// parent, at least one parent is up and not in an authentication back-off.
+fn readiness(shared: &Shared) -> Result<(), String> {
+    let runtime = shared.runtime.load();
+    let policy = &runtime.config.policy;
+    let needs_parent = policy.routing().default == Route::Upstream;
+    let parents = runtime.parents.list();
+    if !needs_parent || parents.iter().any(|p| p.is_usable()) {
+        return Ok(());
+    }
+    let states: Vec<String> = parents
+        .iter()
+        .map(|p| format!("{} {}", p.url, p.state()))
+        .collect();
+    Err(format!("no usable parent ({})", states.join(", ")))
+}
+
+/// `pac.proxy`, else the listener's address, else (listening on every address) the name
+/// the workstation used to reach the admin endpoint, with the proxy port.
+fn announced_proxy(shared: &Shared, req: &Request<Incoming>) -> String {
+    let runtime = shared.runtime.load();
+    let config = &runtime.config;
+    if !config.pac.proxy.is_empty() {
+        return config.pac.proxy.clone();
+    }
+    let listener = config
+        .listen
+        .proxy
+        .first()
+        .copied()
+        .unwrap_or_else(|| ([127, 0, 0, 1], 3128).into());
+    if !listener.ip().is_unspecified() {
+        return listener.to_string();
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            passerelle_config::Host::parse(h.rsplit_once(':').map_or(h, |(name, _)| name)).ok()
+        });
+    match host {
+        Some(host) => format!("{host}:{}", listener.port()),
+        None => format!("127.0.0.1:{}", listener.port()),
+    }
+}
+
+fn flows_json(shared: &Shared) -> String {
+    let runtime = shared.runtime.load();
+    let config = &runtime.config;
+    let policy = &config.policy;
+    let routing = policy.routing();
+    let value = serde_json::json!({
+        "digest": config.digest,
+        "clients": policy.clients().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "routing": {
+            "default": routing.default.to_string(),
+            "direct": routing.direct.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "bypass_covotem_server": routing.bypass_covotem_server,
+        },
+        "upstream": config.upstreams.iter().map(|u| serde_json::json!({"url": u.url, "auth": u.auth.to_string()})).collect::<Vec<_>>(),
+        "flows": policy.flows().iter().map(|f| serde_json::to_value(&**f).unwrap_or_default()).collect::<Vec<_>>(),
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}

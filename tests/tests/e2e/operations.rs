@@ -1,0 +1,393 @@
+//! Operating it: the admin endpoint (metrics, health, PAC evaluated in node, flows,
+//! reload), Squid-format and syslog audit, reopening on SIGUSR1, and `passerelle report`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use passerelle_tests::harness::{
+    curl, free_port, passerelle_bin, read_audit, wait_listening, TestGateway,
+};
+use passerelle_tests::origin::HttpOrigin;
+use passerelle_tests::peers::NtlmParent;
+
+async fn with_admin(config: &str, extra_env: &[(&str, &str)]) -> (TestGateway, String) {
+    let mut env = vec![("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")];
+    env.extend_from_slice(extra_env);
+    let gw = TestGateway::start_with_env(config, &env).await;
+    let admin = format!(
+        "http://{}",
+        gw.gateway().admin_addr().expect("admin listener")
+    );
+    (gw, admin)
+}
+
+fn site(origin: &HttpOrigin) -> String {
+    format!("[[flows]]\nid = \"site\"\nhosts = [\"site.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"site.test:80={}\"]\n", origin.addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_and_flows() {
+    let origin = HttpOrigin::start().await;
+    let (gw, admin) = with_admin(&site(&origin), &[]).await;
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://site.test/x"])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://evil.example/"])
+            .await
+            .status,
+        403
+    );
+    gw.records(2).await;
+
+    let m = curl(&[&format!("{admin}/metrics")]).await;
+    assert_eq!(m.status, 200);
+    for line in [
+        "passerelle_requests_total{kind=\"forward\",decision=\"allow\",route=\"direct\",flow=\"site\"} 1",
+        "passerelle_requests_total{kind=\"forward\",decision=\"deny\",route=\"none\",flow=\"none\"} 1",
+        "passerelle_request_errors_total{reason=\"no_flow\"} 1",
+        "passerelle_tunnels_active 0",
+        "passerelle_reloads_total{result=\"accepted\"} 0",
+        "# TYPE passerelle_transferred_bytes_total counter",
+    ] {
+        assert!(m.body.contains(line), "missing {line:?} in:\n{}", m.body);
+    }
+    assert!(
+        m.body
+            .contains("passerelle_transferred_bytes_total{flow=\"site\",direction=\"down\"}"),
+        "{}",
+        m.body
+    );
+    assert!(
+        !m.body.contains("evil.example") && !m.body.contains("127.0.0.1"),
+        "unbounded labels:\n{}",
+        m.body
+    );
+
+    assert_eq!(curl(&[&format!("{admin}/healthz")]).await.body, "ok\n");
+    assert_eq!(curl(&[&format!("{admin}/readyz")]).await.status, 200);
+    let flows: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("{admin}/flows")]).await.body).unwrap();
+    let ids: Vec<&str> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"tlm-prod") && ids.contains(&"site"),
+        "{ids:?}"
+    );
+    assert_eq!(flows["routing"]["default"], "direct");
+
+    let reload = curl(&["-X", "POST", &format!("{admin}/reload")]).await;
+    assert_eq!(reload.status, 202);
+    tokio::time::timeout(Duration::from_secs(5), gw.gateway().reload_requested())
+        .await
+        .expect("reload requested");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_the_parent() {
+    let parent = NtlmParent::start(&[("CHU", "svc", "right")], &[], false).await;
+    let config = format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"site.test\"]\nports = [80]\n[[upstream]]\nurl = \"{}\"\nauth = \"ntlm\"\nuser = 'CHU\\svc'\npassword_env = \"PW\"\n",
+        parent.url()
+    );
+    let (gw, admin) = with_admin(&config, &[("PW", "wrong")]).await;
+    assert_eq!(curl(&[&format!("{admin}/readyz")]).await.status, 200);
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://site.test/"]).await.status,
+        502
+    );
+    let ready = curl(&[&format!("{admin}/readyz")]).await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.body.contains("backoff"), "{}", ready.body);
+    let m = curl(&[&format!("{admin}/metrics")]).await.body;
+    assert!(
+        m.contains(&format!(
+            "passerelle_parent_up{{parent=\"{}\",state=\"backoff\"}} 1",
+            parent.url()
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "passerelle_parent_auth_failures_total{{parent=\"{}\"}} 1",
+            parent.url()
+        )),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pac_file_evaluated_in_node() {
+    let (gw, admin) = with_admin(
+        "[pac]\nproxy = \"gw.chu.local:3128\"\ndirect = [\".chu.local\"]\n",
+        &[],
+    )
+    .await;
+    let pac = curl(&[&format!("{admin}/proxy.pac")]).await;
+    assert_eq!(pac.status, 200);
+    let file = gw.dir.path().join("proxy.pac");
+    std::fs::write(&file, &pac.body).unwrap();
+    let table = [
+        ("http://localhost/", "localhost", "DIRECT"),
+        ("http://127.0.0.1:8080/", "127.0.0.1", "DIRECT"),
+        ("https://intranet/", "intranet", "DIRECT"),
+        ("http://10.1.2.3/", "10.1.2.3", "DIRECT"),
+        ("http://192.168.0.5/", "192.168.0.5", "DIRECT"),
+        ("http://172.20.0.1/", "172.20.0.1", "DIRECT"),
+        ("http://pacs.chu.local/", "pacs.chu.local", "DIRECT"),
+        (
+            "https://covotem.esante-centre.fr/",
+            "covotem.esante-centre.fr",
+            "PROXY gw.chu.local:3128",
+        ),
+        (
+            "https://www.esante-centre.fr/",
+            "www.esante-centre.fr",
+            "PROXY gw.chu.local:3128",
+        ),
+        (
+            "http://ocsp.sectigo.com/",
+            "ocsp.sectigo.com",
+            "PROXY gw.chu.local:3128",
+        ),
+        (
+            "https://example.com/",
+            "example.com",
+            "PROXY gw.chu.local:3128",
+        ),
+        (
+            "http://164.138.243.158/",
+            "164.138.243.158",
+            "PROXY gw.chu.local:3128",
+        ),
+        (
+            "http://172.32.0.1/",
+            "172.32.0.1",
+            "PROXY gw.chu.local:3128",
+        ),
+        (
+            "http://chu.local.evil.example/",
+            "chu.local.evil.example",
+            "PROXY gw.chu.local:3128",
+        ),
+    ];
+    let cases: Vec<(&str, &str)> = table.iter().map(|(u, h, _)| (*u, *h)).collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("js/pac_eval.js");
+    let out = Command::new("node")
+        .arg(script)
+        .arg(&file)
+        .arg(serde_json::to_string(&cases).unwrap())
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        pac.body
+    );
+    let results: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    for ((url, _, expected), got) in table.iter().zip(&results) {
+        assert_eq!(got, expected, "{url}\n{}", pac.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn squid_format_lines() {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start(&format!("{}[audit]\nformat = \"squid\"\n", site(&origin))).await;
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://site.test/page"])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "https://evil.example/"])
+            .await
+            .connect_status,
+        403
+    );
+    let path = gw.audit_path.clone();
+    let _dir = gw.shutdown().await;
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let f: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(f.len(), 10, "{}", lines[0]);
+    assert!(
+        f[0].contains('.')
+            && f[0]
+                .split('.')
+                .all(|p| p.chars().all(|c| c.is_ascii_digit())),
+        "{}",
+        f[0]
+    );
+    assert_eq!(
+        &f[2..],
+        &[
+            "127.0.0.1",
+            "TCP_MISS/200",
+            f[4],
+            "GET",
+            "http://site.test/page",
+            "-",
+            "HIER_DIRECT/site.test",
+            "-"
+        ]
+    );
+    assert!(f[4].parse::<u64>().unwrap() > 0);
+    let d: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        &d[3..],
+        &[
+            "TCP_DENIED/403",
+            "0",
+            "CONNECT",
+            "evil.example:443",
+            "-",
+            "HIER_NONE/-",
+            "-"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn syslog_over_udp_loopback() {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("udp:{}", socket.local_addr().unwrap());
+    let gw = TestGateway::start_with_env(
+        "",
+        &[
+            ("PASSERELLE__AUDIT__SINK", "syslog"),
+            ("PASSERELLE__AUDIT__SYSLOG", &target),
+        ],
+    )
+    .await;
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://evil.example/"])
+            .await
+            .status,
+        403
+    );
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .expect("a datagram")
+        .unwrap();
+    let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        datagram.starts_with("<132>1 "),
+        "local0.warning for a refusal: {datagram}"
+    );
+    assert!(
+        datagram.contains(" passerelle ") && datagram.contains(" audit - {"),
+        "{datagram}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&datagram[datagram.find('{').unwrap()..]).unwrap();
+    assert_eq!(json["reason"], "no_flow");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigusr1_reopens_the_audit_file_for_logrotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let port = free_port();
+    let mut child = Command::new(passerelle_bin())
+        .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
+        .env("PASSERELLE__AUDIT__SINK", "file")
+        .env("PASSERELLE__AUDIT__PATH", &audit)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(([127, 0, 0, 1], port).into()).await;
+    let proxy = format!("http://127.0.0.1:{port}");
+    curl(&["-x", &proxy, "http://first.example/"]).await;
+    let rotated = dir.path().join("audit.jsonl.1");
+    for _ in 0..100 {
+        if read_audit(&audit).len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::rename(&audit, &rotated).unwrap();
+    assert!(Command::new("kill")
+        .args(["-s", "USR1", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    curl(&["-x", &proxy, "http://second.example/"]).await;
+    assert!(Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(read_audit(&rotated)[0]["host"], "first.example");
+    let fresh = read_audit(&audit);
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert_eq!(fresh[0]["host"], "second.example");
+    assert_eq!(fresh[0]["seq"], 2, "seq goes on across files");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_summarizes_for_the_security_team() {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start(&site(&origin)).await;
+    for _ in 0..3 {
+        curl(&["-x", &gw.proxy(), "http://site.test/"]).await;
+    }
+    for _ in 0..2 {
+        curl(&["-x", &gw.proxy(), "https://evil.example/"]).await;
+    }
+    curl(&["-x", &gw.proxy(), "http://covotem.esante-centre.fr:22/"]).await;
+    let path = gw.audit_path.clone();
+    let _dir = gw.shutdown().await;
+    let out = Command::new(passerelle_bin())
+        .arg("report")
+        .arg("--json")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["records"], 6);
+    assert_eq!(r["denied"], 3);
+    assert_eq!(r["flows"]["site"]["requests"], 3);
+    assert_eq!(
+        r["top_denied_targets"][0],
+        serde_json::json!(["evil.example:443", 2])
+    );
+    assert_eq!(
+        r["top_denied_clients"][0],
+        serde_json::json!(["127.0.0.1", 3])
+    );
+    assert_eq!(r["seq_gaps"], 0);
+    let text = Command::new(passerelle_bin())
+        .arg("report")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("6 records, 3 refused") && text.contains("evil.example:443"),
+        "{text}"
+    );
+}
