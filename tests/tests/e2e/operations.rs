@@ -391,3 +391,85 @@ async fn report_summarizes_for_the_security_team() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
+    let origin = HttpOrigin::start().await;
+    let (gw1, admin1) = with_admin(&site(&origin), &[]).await;
+    let (gw2, admin2) = with_admin(&site(&origin), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let admin_port = |a: &str| a.rsplit(':').next().unwrap().to_string();
+    let cfg = format!(
+        "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    option redispatch\n    retries 3\n\
+         frontend proxy\n    bind 127.0.0.1:{port}\n    default_backend passerelles\n\
+         backend passerelles\n    balance roundrobin\n    option httpchk GET /readyz\n    http-check expect status 200\n    default-server inter 200ms fall 1 rise 2\n\
+         \x20   server gw1 {} check port {}\n    server gw2 {} check port {}\n",
+        gw1.addr, admin_port(&admin1), gw2.addr, admin_port(&admin2)
+    );
+    let cfg_path = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _haproxy = Kill(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy runs (scripts/install-test-deps installs it)"),
+    );
+    wait_listening(([127, 0, 0, 1], port).into()).await;
+    let front = format!("http://127.0.0.1:{port}");
+    let mut ok = 0;
+    for i in 0..20 {
+        if curl(&["-x", &front, &format!("http://site.test/before/{i}")])
+            .await
+            .status
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 20);
+    let audit1 = gw1.audit_path.clone();
+    let _dir1 = gw1.shutdown().await;
+    for i in 0..20 {
+        if curl(&["-x", &front, &format!("http://site.test/after/{i}")])
+            .await
+            .status
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(
+        ok, 40,
+        "clients stopped getting through when one instance went away"
+    );
+    let audit2 = gw2.audit_path.clone();
+    let _dir2 = gw2.shutdown().await;
+    let (first, second) = (read_audit(&audit1), read_audit(&audit2));
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "both instances served: {} / {}",
+        first.len(),
+        second.len()
+    );
+    let served = first
+        .iter()
+        .chain(&second)
+        .filter(|r| r["status"] == 200)
+        .count();
+    assert_eq!(
+        served, 40,
+        "the two audit logs together account for every request"
+    );
+}
