@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod connect;
+pub mod doctor;
 pub mod error;
 pub mod headers;
 pub mod limits;

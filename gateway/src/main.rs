@@ -32,6 +32,16 @@ enum Command {
     PrintDefaultConfig,
     /// Read a password (without echo) and print its NT hash, for `nt_hash_file`.
     HashPassword,
+    /// Check the prerequisites through the configured routes: parent, DNS, TCP, TLS,
+    /// HTTP, clock. Exit 0 only when every check passes.
+    Doctor {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Extra CA certificates (PEM) to trust for the TLS checks.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
     /// Summarize audit logs (JSON lines) for the security team.
     Report {
         /// Audit files, oldest first.
@@ -54,6 +64,9 @@ fn main() -> ExitCode {
         }
         Command::HashPassword => hash_password(),
         Command::Report { files, json } => report(&files, json),
+        Command::Doctor { json, ca_file } => {
+            doctor(cli.config.as_deref(), json, ca_file.as_deref())
+        }
     }
 }
 
@@ -299,4 +312,41 @@ fn report(files: &[PathBuf], json: bool) -> ExitCode {
         print!("{}", passerelle_gateway::report::render(&summary));
     }
     ExitCode::SUCCESS
+}
+
+fn doctor(path: Option<&Path>, json: bool, ca_file: Option<&Path>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => return report_problems(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("passerelle: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = match runtime.block_on(passerelle_gateway::doctor::run(config, ca_file)) {
+        Ok(checks) => checks,
+        Err(e) => {
+            eprintln!("passerelle: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).unwrap_or_default()
+        );
+    } else {
+        print!("{}", passerelle_gateway::doctor::render(&checks));
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use passerelle_tests::harness::{
     curl, free_port, passerelle_bin, read_audit, wait_listening, TestGateway,
 };
-use passerelle_tests::origin::HttpOrigin;
+use passerelle_tests::origin::{closed_port, HttpOrigin, TlsOrigin};
 use passerelle_tests::peers::NtlmParent;
 
 async fn with_admin(config: &str, extra_env: &[(&str, &str)]) -> (TestGateway, String) {
@@ -471,5 +471,155 @@ async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
     assert_eq!(
         served, 40,
         "the two audit logs together account for every request"
+    );
+}
+
+/// The production flows' (host, port, kind of peer) as the doctor checks them.
+const PRODUCTION: &[(&str, &[u16])] = &[
+    ("www.esante-centre.fr", &[80, 443]),
+    ("covotem.esante-centre.fr", &[80, 443]),
+    ("crt.sectigo.com", &[80, 443]),
+    ("ocsp.sectigo.com", &[80, 443]),
+    ("visio-equinix2.covalia.fr", &[443, 8084]),
+    ("visio-equinix3.covalia.fr", &[443, 8084]),
+    ("signalement-equinix.covalia.fr", &[443]),
+];
+
+/// Where each production flow's host:port goes: port 80 to the HTTP origin, TLS ports to
+/// the TLS origin, the visio ports to a raw TCP peer.
+fn peer_for(
+    host: &str,
+    port: u16,
+    http: &HttpOrigin,
+    tls: &TlsOrigin,
+    raw: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    match (host.starts_with("visio-"), port) {
+        (true, _) => raw,
+        (false, 80) => http.addr,
+        _ => tls.addr,
+    }
+}
+
+fn doctor(
+    dir: &Path,
+    config: &str,
+    ca: &Path,
+    env: &[(&str, &str)],
+) -> (i32, serde_json::Value, String) {
+    let file = dir.join("doctor.toml");
+    std::fs::write(&file, config).unwrap();
+    let out = Command::new(passerelle_bin())
+        .args(["doctor", "--json", "--config"])
+        .arg(&file)
+        .arg("--ca-file")
+        .arg(ca)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_every_flow_directly_and_through_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts: Vec<&str> = PRODUCTION.iter().map(|(h, _)| *h).collect();
+    let tls = TlsOrigin::start(&hosts, dir.path()).await;
+    let http = HttpOrigin::start().await;
+    let raw = passerelle_tests::origin::silent_peer().await;
+    let entries: Vec<String> = PRODUCTION
+        .iter()
+        .flat_map(|(h, ports)| ports.iter().map(move |p| (*h, *p)))
+        .map(|(h, p)| format!("\"{h}:{p}={}\"", peer_for(h, p, &http, &tls, raw)))
+        .collect();
+    let direct = format!("[resolve]\nconnect_to = [{}]\n", entries.join(", "));
+    let (code, checks, stderr) = doctor(dir.path(), &direct, &tls.ca_pem, &[]);
+    let failed: Vec<&serde_json::Value> = checks
+        .as_array()
+        .map(|a| a.iter().filter(|c| c["ok"] == false).collect())
+        .unwrap_or_default();
+    assert_eq!(code, 0, "{stderr}\n{failed:#?}");
+    let kinds = |k: &str| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["check"] == k)
+            .count()
+    };
+    assert_eq!(kinds("tcp"), 13, "{checks:#}");
+    assert_eq!(kinds("tls"), 5, "the visio ports are not TLS");
+    assert_eq!(
+        kinds("clock"),
+        9,
+        "TLS and port-80 flows answer with a Date"
+    );
+    assert_eq!(kinds("udp"), 2);
+    assert!(
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"] == "tls" && c["detail"].as_str().unwrap().contains("expires")),
+        "{checks:#}"
+    );
+
+    // One flow unreachable: exit 1, a ✗ with a hint.
+    let broken = direct.replace(
+        &format!("crt.sectigo.com:443={}", tls.addr),
+        &format!("crt.sectigo.com:443={}", closed_port()),
+    );
+    let (code, checks, _) = doctor(dir.path(), &broken, &tls.ca_pem, &[]);
+    assert_eq!(code, 1);
+    let bad: Vec<&serde_json::Value> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert_eq!(bad.len(), 1, "{bad:#?}");
+    assert!(
+        bad[0]["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("crt.sectigo.com:443")
+            && bad[0]["hint"].is_string(),
+        "{bad:#?}"
+    );
+
+    // Through the NTLM parent: the parent is checked first, each flow is a tunnel through it.
+    let map: Vec<(String, std::net::SocketAddr)> = PRODUCTION
+        .iter()
+        .flat_map(|(h, ports)| ports.iter().map(move |p| (*h, *p)))
+        .map(|(h, p)| (format!("{h}:{p}"), peer_for(h, p, &http, &tls, raw)))
+        .collect();
+    let map: Vec<(&str, std::net::SocketAddr)> =
+        map.iter().map(|(t, a)| (t.as_str(), *a)).collect();
+    let parent = NtlmParent::start(&[("CHU", "svc", "Pa55")], &map, false).await;
+    let upstream = format!(
+        "[routing]\ndefault = \"upstream\"\nbypass_covotem_server = false\n[[upstream]]\nurl = \"{}\"\nauth = \"ntlm\"\nuser = 'CHU\\svc'\npassword_env = \"PW\"\n",
+        parent.url()
+    );
+    let (code, checks, stderr) = doctor(dir.path(), &upstream, &tls.ca_pem, &[("PW", "Pa55")]);
+    assert_eq!(code, 0, "{stderr}\n{checks:#}");
+    assert_eq!(checks[0]["check"], "parent");
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("credentials accepted"),
+        "{checks:#}"
+    );
+    let (code, checks, _) = doctor(dir.path(), &upstream, &tls.ca_pem, &[("PW", "wrong")]);
+    assert_eq!(code, 1);
+    assert_eq!(checks[0]["ok"], false);
+    assert!(
+        checks[0]["hint"].as_str().unwrap().contains("backs off"),
+        "{checks:#}"
     );
 }

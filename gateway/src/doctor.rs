@@ -1,0 +1,466 @@
+//! `passerelle doctor`: the prerequisites check a hospital runs when it installs Covotem,
+//! through the configured routes: the parent (reachable, schemes offered, credentials
+//! accepted), then for every enabled flow and port: DNS, TCP, TLS with certificate
+//! validation and expiry, an HTTP request, the clock skew against the server's `Date`, and
+//! a plain statement about the UDP flows an HTTP proxy cannot carry.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use passerelle_config::{Config, Flow, Host, Kind, Route, Target};
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+use crate::connect::{connect_any, resolve, BoxedIo, Drift};
+use crate::error::Hop;
+use crate::service::Runtime;
+
+/// Clock skew beyond this fails the check (the client's certificates and OTPs need time).
+const MAX_SKEW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub target: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do about a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn pass(check: &str, target: &str, detail: impl Into<String>) -> Check {
+        Check {
+            check: check.into(),
+            target: target.into(),
+            ok: true,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn fail(
+        check: &str,
+        target: &str,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Check {
+        Check {
+            check: check.into(),
+            target: target.into(),
+            ok: false,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// Runs every check; `extra_ca` adds roots for TLS validation (a test CA, a site's own).
+pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, String> {
+    let tls = tls_connector(extra_ca)?;
+    let runtime = Runtime::new(config)?;
+    let mut checks = Vec::new();
+    let timeout = runtime.config.limits.connect_timeout;
+    let first_tls_flow = runtime
+        .config
+        .policy
+        .enabled_flows()
+        .find(|f| !f.tls_ports.is_empty() && !f.hosts.is_empty())
+        .cloned();
+    for parent in runtime.parents.list() {
+        checks.push(parent_probe(&parent.url, first_tls_flow.as_ref(), &runtime, timeout).await);
+    }
+    let drift = Drift::default();
+    let flows: Vec<Arc<Flow>> = runtime.config.policy.enabled_flows().cloned().collect();
+    for flow in &flows {
+        let Some(host) = flow
+            .hosts
+            .first()
+            .and_then(|h| Host::parse(h).ok())
+            .or_else(|| flow.ips.first().map(|ip| Host::Ip(*ip)))
+        else {
+            continue;
+        };
+        for &port in &flow.ports {
+            let target = Target {
+                host: host.clone(),
+                port,
+                kind: Kind::Connect,
+            };
+            check_target(&runtime, &drift, flow, &target, &tls, &mut checks).await;
+        }
+        if flow.id.starts_with("visio-equinix") {
+            let ports: Vec<String> = flow.ports.iter().map(u16::to_string).collect();
+            checks.push(Check::pass(
+                "udp",
+                &format!("{host} {}/udp", ports.join(",")),
+                "not carried: an HTTP proxy relays TCP only; WebRTC falls back to TCP through Passerelle, open UDP in the firewall for best quality",
+            ));
+        }
+    }
+    Ok(checks)
+}
+
+async fn check_target(
+    runtime: &Runtime,
+    drift: &Drift,
+    flow: &Arc<Flow>,
+    target: &Target,
+    tls: &TlsConnector,
+    checks: &mut Vec<Check>,
+) {
+    let name = format!("{target} ({})", flow.id);
+    let timeout = runtime.config.limits.connect_timeout;
+    let route = runtime.config.policy.route(flow, &target.host);
+    let stream: BoxedIo = match route {
+        Route::Direct => {
+            let addrs = match resolve(&runtime.config.resolve, drift, target, flow, timeout).await {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    checks.push(Check::fail(
+                        "dns",
+                        &name,
+                        e.to_string(),
+                        "check the jump host's DNS (or resolve.connect_to for split DNS)",
+                    ));
+                    return;
+                }
+            };
+            let listed: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+            let documented = runtime
+                .config
+                .resolve
+                .lookup(&target.host, target.port)
+                .is_some()
+                || flow.ips.is_empty()
+                || addrs.iter().any(|a| flow.ips.contains(&a.ip()));
+            let note = if documented {
+                ""
+            } else {
+                " (not among the documented IPs: allowed, the vendor says trust names)"
+            };
+            checks.push(Check::pass(
+                "dns",
+                &name,
+                format!("{}{note}", listed.join(", ")),
+            ));
+            match connect_any(&addrs, timeout, Hop::Origin).await {
+                Ok(s) => {
+                    checks.push(Check::pass("tcp", &name, "connected directly"));
+                    Box::new(s)
+                }
+                Err(e) => {
+                    checks.push(Check::fail(
+                        "tcp",
+                        &name,
+                        e.to_string(),
+                        "open this flow in the firewall, or route it through the parent",
+                    ));
+                    return;
+                }
+            }
+        }
+        Route::Upstream => match runtime.parents.tunnel(target, flow, timeout).await {
+            Ok((io, parent)) => {
+                checks.push(Check::pass(
+                    "tcp",
+                    &name,
+                    format!("tunnel through {parent}"),
+                ));
+                io
+            }
+            Err(e) => {
+                checks.push(Check::fail(
+                    "tcp",
+                    &name,
+                    e.to_string(),
+                    "ask the proxy team to allow this flow for the gateway's account",
+                ));
+                return;
+            }
+        },
+    };
+    if flow.tls_ports.contains(&target.port) {
+        check_tls(stream, target, &name, tls, checks).await;
+    } else if target.port == 80 {
+        let host = target.host.to_string();
+        check_http(stream, &host, &name, checks).await;
+    }
+}
+
+async fn check_tls(
+    stream: BoxedIo,
+    target: &Target,
+    name: &str,
+    tls: &TlsConnector,
+    checks: &mut Vec<Check>,
+) {
+    let server_name = match &target.host {
+        Host::Name(n) => ServerName::try_from(n.clone()).ok(),
+        Host::Ip(ip) => Some(ServerName::IpAddress((*ip).into())),
+    };
+    let Some(server_name) = server_name else {
+        return;
+    };
+    let timeout = Duration::from_secs(10);
+    let tls_stream = match tokio::time::timeout(timeout, tls.connect(server_name, stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            checks.push(Check::fail("tls", name, e.to_string(), "a TLS-inspecting firewall or proxy re-signs this flow: exempt it (the client checks the certificate), or the clock is wrong"));
+            return;
+        }
+        Err(_) => {
+            checks.push(Check::fail(
+                "tls",
+                name,
+                "handshake timed out",
+                "something on the path holds TLS: check the firewall",
+            ));
+            return;
+        }
+    };
+    let expiry = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| not_after(leaf.as_ref()));
+    let detail = match expiry {
+        Some(t) => format!(
+            "certificate valid, expires {}",
+            humantime::format_rfc3339_seconds(t)
+        ),
+        None => "certificate valid".to_string(),
+    };
+    checks.push(Check::pass("tls", name, detail));
+    let host = target.host.to_string();
+    check_http(tls_stream, &host, name, checks).await;
+}
+
+/// `HEAD /` and the `Date` header: reachability of the service and the clock skew.
+async fn check_http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    name: &str,
+    checks: &mut Vec<Check>,
+) {
+    let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: passerelle-doctor\r\nConnection: close\r\n\r\n");
+    let mut head = Vec::new();
+    let exchange = async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("no answer in 10 s")))
+    {
+        checks.push(Check::fail(
+            "http",
+            name,
+            e.to_string(),
+            "the service does not answer HTTP on this flow",
+        ));
+        return;
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text.lines().next().unwrap_or("").to_string();
+    if !status.starts_with("HTTP/1.") {
+        checks.push(Check::fail(
+            "http",
+            name,
+            format!("not an HTTP answer: {status:?}"),
+            "something on the path answers instead of the service",
+        ));
+        return;
+    }
+    checks.push(Check::pass("http", name, status.trim().to_string()));
+    let date = text.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("date"))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    let Some(date) = date.and_then(|d| httpdate::parse_http_date(&d).ok()) else {
+        return;
+    };
+    let now = SystemTime::now();
+    let skew = now
+        .duration_since(date)
+        .or_else(|_| date.duration_since(now))
+        .unwrap_or_default();
+    if skew <= MAX_SKEW {
+        checks.push(Check::pass(
+            "clock",
+            name,
+            format!("skew {}s", skew.as_secs()),
+        ));
+    } else {
+        checks.push(Check::fail(
+            "clock",
+            name,
+            format!("skew {}s against the server's Date", skew.as_secs()),
+            "synchronise the clock (NTP): the Covotem document requires it",
+        ));
+    }
+}
+
+/// The parent: reachable, which schemes it offers, and whether our credentials pass (a
+/// CONNECT to a documented TLS flow through the normal handshake).
+async fn parent_probe(
+    url: &str,
+    flow: Option<&Arc<Flow>>,
+    runtime: &Runtime,
+    timeout: Duration,
+) -> Check {
+    let Some(flow) = flow else {
+        return Check::pass("parent", url, "no TLS flow to probe with");
+    };
+    let Ok(host) = Host::parse(&flow.hosts[0]) else {
+        return Check::pass("parent", url, "no flow host to probe with");
+    };
+    let target = Target {
+        host,
+        port: flow.tls_ports[0],
+        kind: Kind::Connect,
+    };
+    match runtime.parents.tunnel(&target, flow, timeout).await {
+        Ok((_, parent)) => Check::pass(
+            "parent",
+            &parent,
+            format!("reachable, credentials accepted (CONNECT {target})"),
+        ),
+        Err(e) => {
+            let hint = match e.code() {
+                "parent_auth_failed" => {
+                    "check user, domain and password; Passerelle backs off to protect the account"
+                }
+                "parent_auth_unsupported" => "set auth to a scheme the parent offers",
+                "parent_unreachable" => "check the parent's address and the jump host's firewall",
+                _ => "the parent refused the probe: ask the proxy team to allow the Covotem flows",
+            };
+            Check::fail("parent", url, e.to_string(), hint)
+        }
+    }
+}
+
+fn tls_connector(extra_ca: Option<&Path>) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for cert in certs {
+            roots
+                .add(cert.map_err(|e| format!("{}: {e}", path.display()))?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The leaf certificate's notAfter, read from its DER (Certificate → TBSCertificate →
+/// validity, RFC 5280 §4.1).
+fn not_after(der: &[u8]) -> Option<SystemTime> {
+    let (cert, _) = tlv(der)?;
+    let (tbs, _) = tlv(cert.1)?;
+    let mut rest = tbs.1;
+    let (first, after) = tlv(rest)?;
+    if first.0 == 0xa0 {
+        rest = after; // explicit version
+    }
+    for _ in 0..3 {
+        rest = tlv(rest)?.1; // serial, signature, issuer
+    }
+    let (validity, _) = tlv(rest)?;
+    let (_, after_not_before) = tlv(validity.1)?;
+    let ((tag, value), _) = tlv(after_not_before)?;
+    let text = std::str::from_utf8(value).ok()?;
+    let full = match tag {
+        0x17 if text.len() == 13 => {
+            let century = if text[..2].parse::<u32>().ok()? >= 50 {
+                "19"
+            } else {
+                "20"
+            };
+            format!("{century}{text}")
+        }
+        0x18 if text.len() == 15 => text.to_string(),
+        _ => return None,
+    };
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &full[0..4],
+        &full[4..6],
+        &full[6..8],
+        &full[8..10],
+        &full[10..12],
+        &full[12..14]
+    );
+    humantime::parse_rfc3339(&rfc3339).ok()
+}
+
+/// One DER tag-length-value: ((tag, value), rest).
+fn tlv(input: &[u8]) -> Option<((u8, &[u8]), &[u8])> {
+    let tag = *input.first()?;
+    let first = *input.get(1)? as usize;
+    let (len, header) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for b in input.get(2..2 + n)? {
+            len = (len << 8) | *b as usize;
+        }
+        (len, 2 + n)
+    };
+    let value = input.get(header..header.checked_add(len)?)?;
+    Some(((tag, value), &input[header + len..]))
+}
+
+/// The table for a terminal: ✓/✗ per check, a hint under each failure.
+pub fn render(checks: &[Check]) -> String {
+    use std::fmt::Write;
+    let width = checks
+        .iter()
+        .map(|c| c.target.chars().count())
+        .max()
+        .unwrap_or(10);
+    let mut out = String::new();
+    for c in checks {
+        let mark = if c.ok { "✓" } else { "✗" };
+        let _ = writeln!(
+            out,
+            "{mark} {:<7} {:<width$}  {}",
+            c.check, c.target, c.detail
+        );
+        if let Some(hint) = &c.hint {
+            let _ = writeln!(out, "  {:<7} {:<width$}  → {hint}", "", "");
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    let _ = writeln!(out, "\n{} checks, {failed} failed", checks.len());
+    out
+}
