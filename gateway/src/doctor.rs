@@ -419,8 +419,11 @@ fn not_after(der: &[u8]) -> Option<SystemTime> {
     humantime::parse_rfc3339(&rfc3339).ok()
 }
 
-/// One DER tag-length-value: ((tag, value), rest).
-fn tlv(input: &[u8]) -> Option<((u8, &[u8]), &[u8])> {
+/// A DER element: its tag and its value.
+type Element<'a> = (u8, &'a [u8]);
+
+/// One DER tag-length-value: the element and what follows it.
+fn tlv(input: &[u8]) -> Option<(Element<'_>, &[u8])> {
     let tag = *input.first()?;
     let first = *input.get(1)? as usize;
     let (len, header) = if first < 0x80 {
