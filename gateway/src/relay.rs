@@ -1,5 +1,7 @@
 //! Tunnels: bytes copied both ways until both sides close (half-close passed on), the idle
 //! timeout passes, or shutdown's grace ends. Byte counts feed the audit as they flow.
+//! TCP to TCP (the common, direct case) skips hyper's wrapper and allocates buffers only
+//! while data flows, so idle tunnels (the visio's) cost a few KiB.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,13 +9,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use passerelle_config::{Flow, Host};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Recorder;
 use crate::body::Direction;
+use crate::connect::BoxedIo;
 use crate::sni::{self, Hello};
 
 /// How a tunnel runs: its idle timeout, and the SNI check on a flow's TLS port.
@@ -28,22 +36,52 @@ pub struct SniRule {
     pub timeout: Duration,
 }
 
+/// The client's side of a tunnel, once hyper hands it over: the plain TCP stream when it
+/// can (the fast path), with the bytes hyper had already read.
+pub fn client_side(upgraded: Upgraded) -> (Side, Bytes) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (Side::Tcp(parts.io.into_inner()), parts.read_buf),
+        Err(upgraded) => (Side::Io(Box::new(TokioIo::new(upgraded))), Bytes::new()),
+    }
+}
+
+/// One side of a tunnel: TCP (relayed with readiness and lazily allocated buffers), or any
+/// other stream (TLS to a parent, a tunnel through a parent).
+pub enum Side {
+    Tcp(TcpStream),
+    Io(BoxedIo),
+}
+
+impl Side {
+    fn io(self) -> BoxedIo {
+        match self {
+            Side::Tcp(s) => Box::new(s),
+            Side::Io(io) => io,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Side::Tcp(s) => s.write_all(bytes).await,
+            Side::Io(io) => io.write_all(bytes).await,
+        }
+    }
+}
+
 /// Checks the ClientHello when the plan says so, relays until the end, and records how it
-/// ended.
-pub async fn tunnel<A, B>(
-    mut client: A,
-    mut upstream: B,
+/// ended. `early` holds client bytes read before the tunnel was handed over.
+pub async fn tunnel(
+    mut client: Side,
+    early: Bytes,
+    mut upstream: Side,
     plan: Plan,
     record: Recorder,
     stop: CancellationToken,
-) where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
+) {
+    let mut first = early.to_vec();
     if let Some(rule) = &plan.sni {
-        let mut first = Vec::new();
         let hello = tokio::select! {
-            hello = sni::read_client_hello(&mut client, rule.timeout, &mut first) => hello,
+            hello = read_hello(&mut client, rule.timeout, &mut first) => hello,
             _ = stop.cancelled() => Hello::Closed,
         };
         if let Hello::Name(name) = &hello {
@@ -60,51 +98,135 @@ pub async fn tunnel<A, B>(
             record.deny(reason, detail, Some(&rule.flow.id));
             return;
         }
+    }
+    if !first.is_empty() {
         record.add_up(first.len() as u64);
         if upstream.write_all(&first).await.is_err() {
             record.reason("relay_error");
             return;
         }
     }
-    let idle = plan.idle;
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
-    let mut client = Metered::new(
-        client,
-        record.clone(),
-        Direction::Up,
+    let meter = Meter {
+        record: record.clone(),
         epoch,
-        activity.clone(),
-    );
-    let mut upstream = Metered::new(
-        upstream,
-        record.clone(),
-        Direction::Down,
-        epoch,
-        activity.clone(),
-    );
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    let reason = loop {
-        let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
-        tokio::select! {
-            result = &mut copy => break match result {
-                // TLS clients often reset rather than close once done: an ordinary end.
-                Ok(_) => None,
-                Err(e) if is_reset(&e) => None,
-                Err(_) => Some("relay_error"),
-            },
-            _ = tokio::time::sleep_until(last + idle) => {
-                let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
-                if last + idle <= Instant::now() {
-                    break Some("idle_timeout");
-                }
-            }
-            _ = stop.cancelled() => break Some("shutdown"),
+        activity: activity.clone(),
+    };
+    let reason = match (client, upstream) {
+        (Side::Tcp(a), Side::Tcp(b)) => {
+            supervise(tcp_relay(a, b, &meter), &meter, plan.idle, &stop).await
+        }
+        (a, b) => {
+            let mut a = Metered::new(a.io(), meter.clone(), Direction::Up);
+            let mut b = Metered::new(b.io(), meter.clone(), Direction::Down);
+            let copy = async {
+                tokio::io::copy_bidirectional(&mut a, &mut b)
+                    .await
+                    .map(|_| ())
+            };
+            supervise(copy, &meter, plan.idle, &stop).await
         }
     };
     if let Some(reason) = reason {
         record.reason(reason);
+    }
+}
+
+async fn read_hello(client: &mut Side, timeout: Duration, seen: &mut Vec<u8>) -> Hello {
+    match client {
+        Side::Tcp(s) => sni::read_client_hello(s, timeout, seen).await,
+        Side::Io(io) => sni::read_client_hello(io, timeout, seen).await,
+    }
+}
+
+/// Runs the copy until it ends, the tunnel has been idle for `idle`, or shutdown's grace ends.
+async fn supervise(
+    copy: impl std::future::Future<Output = std::io::Result<()>>,
+    meter: &Meter,
+    idle: Duration,
+    stop: &CancellationToken,
+) -> Option<&'static str> {
+    tokio::pin!(copy);
+    loop {
+        let last = meter.last_activity();
+        tokio::select! {
+            result = &mut copy => return match result {
+                // TLS clients often reset rather than close once done: an ordinary end.
+                Ok(()) => None,
+                Err(e) if is_reset(&e) => None,
+                Err(_) => Some("relay_error"),
+            },
+            _ = tokio::time::sleep_until(last + idle) => {
+                if meter.last_activity() + idle <= Instant::now() {
+                    return Some("idle_timeout");
+                }
+            }
+            _ = stop.cancelled() => return Some("shutdown"),
+        }
+    }
+}
+
+/// Both ways at once; each direction's end is passed on as a half-close.
+async fn tcp_relay(a: TcpStream, b: TcpStream, meter: &Meter) -> std::io::Result<()> {
+    let (a_read, a_write) = a.into_split();
+    let (b_read, b_write) = b.into_split();
+    let up = pump(a_read, b_write, meter, Direction::Up);
+    let down = pump(b_read, a_write, meter, Direction::Down);
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+/// Reads become possible before a buffer exists: an idle tunnel holds none. A buffer that
+/// a read filled (bulk data) is kept; one that carried a few bytes is let go.
+async fn pump(
+    from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    meter: &Meter,
+    direction: Direction,
+) -> std::io::Result<()> {
+    const BULK: usize = 64 * 1024;
+    let mut buf = BytesMut::new();
+    loop {
+        from.readable().await?;
+        if buf.capacity() == 0 {
+            buf.reserve(BULK);
+        }
+        match from.try_read_buf(&mut buf) {
+            Ok(0) => return to.shutdown().await,
+            Ok(n) => {
+                meter.count(direction, n);
+                to.write_all(&buf).await?;
+                buf.clear();
+                if n < BULK / 4 {
+                    buf = BytesMut::new();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Counts bytes into the record and stamps the last activity.
+#[derive(Clone)]
+struct Meter {
+    record: Recorder,
+    epoch: Instant,
+    activity: Arc<AtomicU64>,
+}
+
+impl Meter {
+    fn count(&self, direction: Direction, n: usize) {
+        match direction {
+            Direction::Up => self.record.add_up(n as u64),
+            Direction::Down => self.record.add_down(n as u64),
+        }
+        self.activity
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.activity.load(Ordering::Relaxed))
     }
 }
 
@@ -117,29 +239,19 @@ fn is_reset(e: &std::io::Error) -> bool {
     )
 }
 
-/// A stream that counts what it reads into the record and stamps the last activity.
+/// A stream that counts what it reads (the generic path).
 struct Metered<S> {
     inner: S,
-    record: Recorder,
+    meter: Meter,
     direction: Direction,
-    epoch: Instant,
-    activity: Arc<AtomicU64>,
 }
 
 impl<S> Metered<S> {
-    fn new(
-        inner: S,
-        record: Recorder,
-        direction: Direction,
-        epoch: Instant,
-        activity: Arc<AtomicU64>,
-    ) -> Self {
+    fn new(inner: S, meter: Meter, direction: Direction) -> Self {
         Metered {
             inner,
-            record,
+            meter,
             direction,
-            epoch,
-            activity,
         }
     }
 }
@@ -153,14 +265,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let before = buf.filled().len();
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
+        let n = buf.filled().len() - before;
         if n > 0 {
-            match this.direction {
-                Direction::Up => this.record.add_up(n),
-                Direction::Down => this.record.add_down(n),
-            }
-            this.activity
-                .store(this.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            this.meter.count(this.direction, n);
         }
         result
     }

@@ -21,13 +21,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditLog, Recorder};
 use crate::body::{empty, Body, Counted, Direction};
-use crate::connect::{connect_any, resolve, BoxedIo, Drift};
+use crate::connect::{connect_any, resolve, Drift};
 use crate::error::{exchange_error, GatewayError, Hop};
 use crate::headers::{add_via, has_our_via, strip_hop_by_hop};
 use crate::limits::{rate_limiter, Connections, RateLimiter};
 use crate::parent::Parents;
 use crate::pool::Pool;
-use crate::relay;
+use crate::relay::{self, Side};
 
 /// One configuration and what is built from it; swapped whole on reload.
 pub struct Runtime {
@@ -150,7 +150,7 @@ async fn tunnel(
     record: &Recorder,
 ) -> Result<Response<Body>, GatewayError> {
     let limits = &runtime.config.limits;
-    let (upstream, route_taken): (BoxedIo, String) = match route {
+    let (upstream, route_taken) = match route {
         Route::Direct => {
             let addrs = resolve(
                 &runtime.config.resolve,
@@ -161,13 +161,14 @@ async fn tunnel(
             )
             .await?;
             let stream = connect_any(&addrs, limits.connect_timeout, Hop::Origin).await?;
-            (Box::new(stream), "direct".to_string())
+            (Side::Tcp(stream), "direct".to_string())
         }
         Route::Upstream => {
-            runtime
+            let (io, parent) = runtime
                 .parents
                 .tunnel(target, flow, limits.connect_timeout)
-                .await?
+                .await?;
+            (Side::Io(io), parent)
         }
     };
     record.route(&route_taken);
@@ -186,7 +187,8 @@ async fn tunnel(
         metrics.tunnel_opened();
         match on_upgrade.await {
             Ok(upgraded) => {
-                relay::tunnel(TokioIo::new(upgraded), upstream, plan, record, stop).await
+                let (client, early) = relay::client_side(upgraded);
+                relay::tunnel(client, early, upstream, plan, record, stop).await
             }
             Err(_) => record.reason("client_gone"),
         }

@@ -22,6 +22,7 @@ pub enum Hello {
 }
 
 /// Reads from `client` into `seen` until a whole ClientHello is there (or it cannot be one).
+/// Bytes already in `seen` (read before the tunnel was handed over) come first.
 pub async fn read_client_hello<R: AsyncRead + Unpin>(
     client: &mut R,
     timeout: Duration,
@@ -30,14 +31,19 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
     let mut acceptor = rustls::server::Acceptor::default();
     let mut chunk = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut pending = std::mem::take(seen);
     loop {
-        let n = match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
-            Err(_) => return Hello::Timeout,
-            Ok(Err(_)) | Ok(Ok(0)) => return Hello::Closed,
-            Ok(Ok(n)) => n,
-        };
-        seen.extend_from_slice(&chunk[..n]);
-        let mut fresh = &chunk[..n];
+        if pending.is_empty() {
+            let n = match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
+                Err(_) => return Hello::Timeout,
+                Ok(Err(_)) | Ok(Ok(0)) => return Hello::Closed,
+                Ok(Ok(n)) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+        }
+        seen.extend_from_slice(&pending);
+        let batch = std::mem::take(&mut pending);
+        let mut fresh = batch.as_slice();
         loop {
             match acceptor.read_tls(&mut fresh) {
                 Ok(0) if !fresh.is_empty() => return Hello::NotTls,

@@ -80,7 +80,7 @@ impl TestGateway {
     /// Graceful shutdown; every record, flushed.
     pub async fn stop(self) -> Vec<Value> {
         let path = self.audit_path.clone();
-        self.shutdown().await;
+        let _dir = self.shutdown().await;
         read_audit(&path)
     }
 
