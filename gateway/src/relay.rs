@@ -78,10 +78,14 @@ pub async fn tunnel(
     record: Recorder,
     stop: CancellationToken,
 ) {
+    // Copied out so hyper's whole read buffer is not kept alive by a slice of it.
     let mut first = early.to_vec();
+    drop(early);
     if let Some(rule) = &plan.sni {
+        // Boxed: its read buffer lives on the heap for the check only, not in every
+        // tunnel's future for the tunnel's whole life.
         let hello = tokio::select! {
-            hello = read_hello(&mut client, rule.timeout, &mut first) => hello,
+            hello = Box::pin(read_hello(&mut client, rule.timeout, &mut first)) => hello,
             _ = stop.cancelled() => Hello::Closed,
         };
         if let Hello::Name(name) = &hello {
@@ -106,6 +110,7 @@ pub async fn tunnel(
             return;
         }
     }
+    drop(first);
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let meter = Meter {
@@ -184,7 +189,7 @@ async fn pump(
     meter: &Meter,
     direction: Direction,
 ) -> std::io::Result<()> {
-    const BULK: usize = 64 * 1024;
+    const BULK: usize = 256 * 1024;
     let mut buf = BytesMut::new();
     loop {
         from.readable().await?;

@@ -77,6 +77,26 @@ impl TestGateway {
         }
     }
 
+    /// The `n`-th record (1-based) for `host`, waiting (bounded) for it to be written.
+    pub async fn nth_record_for(&self, host: &str, n: usize) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut found: Vec<Value> = read_audit(&self.audit_path)
+                .into_iter()
+                .filter(|r| r["host"] == host)
+                .collect();
+            if found.len() >= n {
+                return found.swap_remove(n - 1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} audit records for {host}, waited for {n}",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Graceful shutdown; every record, flushed.
     pub async fn stop(self) -> Vec<Value> {
         let path = self.audit_path.clone();

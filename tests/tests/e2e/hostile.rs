@@ -259,7 +259,7 @@ async fn sni_must_name_a_host_of_the_flow() {
         ok.contains("hello over TLS from covotem.esante-centre.fr"),
         "{ok}"
     );
-    let rec = gw.record_for("covotem.esante-centre.fr").await;
+    let rec = gw.nth_record_for("covotem.esante-centre.fr", 1).await;
     assert_eq!(rec["sni"], "covotem.esante-centre.fr");
 
     assert!(
@@ -268,7 +268,7 @@ async fn sni_must_name_a_host_of_the_flow() {
             .is_err(),
         "SNI mismatch passed"
     );
-    let rec = gw.record_for("covotem.esante-centre.fr").await;
+    let rec = gw.nth_record_for("covotem.esante-centre.fr", 2).await;
     assert_eq!(
         (rec["reason"].as_str(), rec["decision"].as_str()),
         (Some("sni_mismatch"), Some("deny")),
@@ -288,7 +288,7 @@ async fn sni_must_name_a_host_of_the_flow() {
         "no SNI passed"
     );
     assert_eq!(
-        gw.record_for("covotem.esante-centre.fr").await["reason"],
+        gw.nth_record_for("covotem.esante-centre.fr", 3).await["reason"],
         "no_sni"
     );
 
@@ -312,14 +312,14 @@ async fn sni_must_name_a_host_of_the_flow() {
         .unwrap_or(0);
     assert_eq!(n, 0, "non-TLS bytes went through");
     assert_eq!(
-        gw.record_for("covotem.esante-centre.fr").await["reason"],
+        gw.nth_record_for("covotem.esante-centre.fr", 4).await["reason"],
         "not_tls"
     );
 
     let _quiet = open_tunnel(&gw, "covotem.esante-centre.fr:443").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        gw.record_for("covotem.esante-centre.fr").await["reason"],
+        gw.nth_record_for("covotem.esante-centre.fr", 5).await["reason"],
         "sni_timeout"
     );
 }
