@@ -56,7 +56,8 @@ if w5:
     hs = w5["handshakes"]
     per = w5["requests_on_authenticated_connections"] / hs if hs else None
     print()
-    print(f"W5, through the NTLM parent: {hs} handshakes for {w5['pooled_connections']} pooled client connections; "
+    print(f"W5, through the NTLM parent: {hs} handshakes on {w5['parent_connections']} pooled parent connections "
+          f"(one per connection; {w5['client_connections']} client connections); "
           f"{w5['requests_on_authenticated_connections']} forwarded requests rode authenticated connections "
           f"({fmt(per)} per handshake). Fresh tunnel (new parent connection, NTLM each): "
           f"p50 {fmt(get('parented', 'w3', 'p50_ms'), 2)} ms vs {fmt(get('passerelle', 'w3', 'p50_ms'), 2)} ms direct "

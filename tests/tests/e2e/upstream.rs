@@ -458,3 +458,107 @@ async fn squid_refusing_the_password_gets_one_attempt_then_back_off() {
     assert_eq!(denied, 2, "{:?}", squid.access_log());
     assert_eq!(origin.connections(), 0);
 }
+
+/// A TLS front for a parent (what an `https://` parent is): terminates TLS with a
+/// certificate for `name` and relays the bytes to `backend`.
+async fn tls_front(
+    backend: SocketAddr,
+    name: &str,
+    dir: &std::path::Path,
+) -> (SocketAddr, std::path::PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let ca = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, ca)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_parent_is_verified_against_its_ca() {
+    let parent = NtlmParent::start(&[USER], &[], false).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (cert_name, expect_ok) in [("localhost", true), ("someone-else.test", false)] {
+        let (front, ca) = tls_front(parent.addr, cert_name, dir.path()).await;
+        let parent_url = format!("https://localhost:{}", front.port());
+        let secret = format!(
+            "password_env = \"TEST_PARENT_PASSWORD\"\nca_file = \"{}\"",
+            ca.display()
+        );
+        let config = parent_config(
+            &[parent_url.clone()],
+            "ntlm",
+            &secret,
+            &site_flow("origin.test", 80),
+        );
+        let gw = TestGateway::start_with_env(&config, &[("TEST_PARENT_PASSWORD", USER.2)]).await;
+        let r = curl(&["-x", &gw.proxy(), "http://origin.test/over-tls"]).await;
+        if expect_ok {
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(json(&r.body)["user"], "CHU\\svc-covotem");
+            assert_eq!(gw.record_for("origin.test").await["route"], parent_url);
+        } else {
+            assert_eq!(
+                r.status, 502,
+                "a parent with the wrong certificate was trusted: {r:?}"
+            );
+            assert!(r.body.contains("TLS with parent proxy"), "{}", r.body);
+        }
+    }
+    assert_eq!(
+        parent.count("handshake"),
+        1,
+        "only the verified parent saw the handshake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parent_auth_false_sends_no_credentials_for_that_flow() {
+    let parent = NtlmParent::start(&[USER], &[], false).await;
+    let config = parent_config(
+        &[parent.url()],
+        "ntlm",
+        "password_env = \"TEST_PARENT_PASSWORD\"",
+        &site_flow("origin.test", 80).replace("ports = [80]", "ports = [80]\nparent_auth = false"),
+    );
+    let gw = TestGateway::start_with_env(&config, &[("TEST_PARENT_PASSWORD", USER.2)]).await;
+    let r = curl(&["-x", &gw.proxy(), "http://origin.test/free"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        gw.record_for("origin.test").await["reason"],
+        "parent_auth_unsupported"
+    );
+    let auths: Vec<Value> = parent
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "request")
+        .map(|e| e["auth"].clone())
+        .collect();
+    assert!(
+        auths.iter().all(Value::is_null),
+        "credentials sent for a parent_auth = false flow: {auths:?}"
+    );
+}
