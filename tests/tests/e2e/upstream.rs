@@ -509,7 +509,7 @@ async fn an_https_parent_is_verified_against_its_ca() {
             ca.display()
         );
         let config = parent_config(
-            &[parent_url.clone()],
+            std::slice::from_ref(&parent_url),
             "ntlm",
             &secret,
             &site_flow("origin.test", 80),
