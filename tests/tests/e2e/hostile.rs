@@ -567,3 +567,23 @@ async fn a_tunnel_survives_a_reload_that_removes_its_flow() {
     assert_eq!(reloads[0]["decision"], "deny");
     assert_eq!(reloads[1]["decision"], "allow");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start(&format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"origin.test:80={}\"]\n[limits]\nheader_timeout = \"1s\"\n",
+        origin.addr
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stayed open for 10 s");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
+}
