@@ -355,27 +355,7 @@ async fn parent_probe(
 }
 
 fn tls_connector(extra_ca: Option<&Path>) -> Result<TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = extra_ca {
-        use rustls::pki_types::pem::PemObject;
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        for cert in certs {
-            roots
-                .add(cert.map_err(|e| format!("{}: {e}", path.display()))?)
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    crate::connect::tls_client_config(extra_ca).map(TlsConnector::from)
 }
 
 /// The leaf certificate's notAfter, read from its DER (Certificate → TBSCertificate →

@@ -78,6 +78,16 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     passerelle_config::load(path, &env())
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("passerelle: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn report_problems(error: &ConfigError) -> ExitCode {
     eprintln!("passerelle: the configuration is not valid:");
     for problem in error.problems() {
@@ -104,15 +114,9 @@ fn run(path: Option<&Path>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return report_problems(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("passerelle: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -319,15 +323,9 @@ fn doctor(path: Option<&Path>, json: bool, ca_file: Option<&Path>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return report_problems(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("passerelle: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let checks = match runtime.block_on(passerelle_gateway::doctor::run(config, ca_file)) {
         Ok(checks) => checks,

@@ -625,30 +625,11 @@ async fn drain(resp: Response<Incoming>) {
 }
 
 fn tls_for(u: &Upstream) -> Result<(TlsConnector, ServerName<'static>), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = &u.ca_file {
-        use rustls::pki_types::pem::PemObject;
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: cannot read ca_file {}: {e}", u.url, path.display()))?;
-        for cert in certs {
-            let cert =
-                cert.map_err(|e| format!("{}: bad certificate in {}: {e}", u.url, path.display()))?;
-            roots.add(cert).map_err(|e| format!("{}: {e}", u.url))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = crate::connect::tls_client_config(u.ca_file.as_deref())
+        .map_err(|e| format!("{}: {e}", u.url))?;
     let name = match &u.host {
         Host::Name(n) => ServerName::try_from(n.clone()).map_err(|e| format!("{}: {e}", u.url))?,
         Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
     };
-    Ok((TlsConnector::from(Arc::new(config)), name))
+    Ok((TlsConnector::from(config), name))
 }

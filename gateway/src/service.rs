@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use passerelle_config::{
     ClientInfo, Config, Decision, DenyReason, Flow, Host, Kind, Route, Target,
 };
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -152,15 +153,7 @@ async fn tunnel(
     let limits = &runtime.config.limits;
     let (upstream, route_taken) = match route {
         Route::Direct => {
-            let addrs = resolve(
-                &runtime.config.resolve,
-                &shared.drift,
-                target,
-                flow,
-                limits.connect_timeout,
-            )
-            .await?;
-            let stream = connect_any(&addrs, limits.connect_timeout, Hop::Origin).await?;
+            let stream = connect_direct(shared, runtime, target, flow).await?;
             (Side::Tcp(stream), "direct".to_string())
         }
         Route::Upstream => {
@@ -270,16 +263,7 @@ async fn send_direct(
         }
     }
     let (parts, body) = request.expect("request present");
-    let limits = &runtime.config.limits;
-    let addrs = resolve(
-        &runtime.config.resolve,
-        &shared.drift,
-        target,
-        flow,
-        limits.connect_timeout,
-    )
-    .await?;
-    let stream = connect_any(&addrs, limits.connect_timeout, Hop::Origin).await?;
+    let stream = connect_direct(shared, runtime, target, flow).await?;
     let mut sender: SendRequest<Body> = {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -296,6 +280,25 @@ async fn send_direct(
         .map_err(http_error)?;
     shared.origins.checkin_when_ready(key, sender);
     Ok(response)
+}
+
+/// Resolves (checked against the flow) and connects to the origin.
+async fn connect_direct(
+    shared: &Shared,
+    runtime: &Runtime,
+    target: &Target,
+    flow: &Flow,
+) -> Result<TcpStream, GatewayError> {
+    let timeout = runtime.config.limits.connect_timeout;
+    let addrs = resolve(
+        &runtime.config.resolve,
+        &shared.drift,
+        target,
+        flow,
+        timeout,
+    )
+    .await?;
+    Ok(connect_any(&addrs, timeout, Hop::Origin).await?)
 }
 
 /// The target of a proxy request: CONNECT's authority, or an absolute `http://` URI.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use passerelle_tests::harness::{curl, origin_flow, TestGateway};
+use passerelle_tests::harness::{curl, origin_flow, raw_exchange, TestGateway};
 use passerelle_tests::origin::{
     closed_port, fnv1a, half_close_peer, silent_peer, HttpOrigin, TlsOrigin, FNV_OFFSET,
 };
@@ -267,11 +267,11 @@ async fn denials_say_why() {
     );
 
     // The exact body of a refused CONNECT, read with a raw socket.
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n")
-        .await
-        .unwrap();
-    let text = read_response(&mut s).await;
+    let text = raw_exchange(
+        gw.addr,
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     assert!(
         text.contains("passerelle: CONNECT evil.example:443 refused: no allowed flow matches"),
@@ -330,9 +330,7 @@ async fn malformed_and_non_proxy_requests() {
         (b"GET ftp://covotem.esante-centre.fr/ HTTP/1.1\r\nHost: covotem.esante-centre.fr\r\n\r\n", "HTTP/1.1 400", "ftp"),
     ];
     for (request, status, text) in cases {
-        let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(request).await.unwrap();
-        let response = read_response(&mut s).await;
+        let response = raw_exchange(gw.addr, request).await;
         assert!(
             response.starts_with(status),
             "{}: {response}",
@@ -456,32 +454,4 @@ async fn read_head(s: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8_lossy(&head).into_owned()
-}
-
-async fn read_response(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    out.extend_from_slice(&buf[..n]);
-                    if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if out.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&out).into_owned()
 }
