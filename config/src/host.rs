@@ -78,13 +78,6 @@ impl Host {
         }
         Ok(Host::Name(name.to_ascii_lowercase()))
     }
-
-    pub fn ip(&self) -> Option<IpAddr> {
-        match self {
-            Host::Ip(ip) => Some(*ip),
-            Host::Name(_) => None,
-        }
-    }
 }
 
 impl fmt::Display for Host {

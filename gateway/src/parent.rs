@@ -163,12 +163,6 @@ impl Parents {
         }
         Err(all_down(tried, last))
     }
-
-    pub fn clear_pools(&self) {
-        for p in &self.list {
-            p.pool.clear();
-        }
-    }
 }
 
 fn all_down(tried: usize, last: Option<ConnectError>) -> GatewayError {
