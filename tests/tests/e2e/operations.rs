@@ -623,3 +623,36 @@ async fn doctor_checks_every_flow_directly_and_through_the_parent() {
         "{checks:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn syslog_over_a_local_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let target = format!("unix:{}", path.display());
+    let gw = TestGateway::start_with_env(
+        "[audit]\nformat = \"squid\"\n",
+        &[
+            ("PASSERELLE__AUDIT__SINK", "syslog"),
+            ("PASSERELLE__AUDIT__SYSLOG", &target),
+        ],
+    )
+    .await;
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "https://evil.example/"])
+            .await
+            .connect_status,
+        403
+    );
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .expect("a datagram")
+        .unwrap();
+    let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(datagram.starts_with("<132>1 "), "{datagram}");
+    assert!(
+        datagram.contains(" TCP_DENIED/403 0 CONNECT evil.example:443 "),
+        "{datagram}"
+    );
+}
