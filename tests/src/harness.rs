@@ -269,3 +269,70 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     .await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The binary, with its config file and audit file in `dir`, listening on a fresh port.
+pub struct Running {
+    child: std::process::Child,
+    pub port: u16,
+    pub audit: PathBuf,
+}
+
+impl Running {
+    pub async fn start(dir: &Path, toml: &str) -> Running {
+        let port = free_port();
+        let audit = dir.join("audit.jsonl");
+        let file = dir.join("passerelle.toml");
+        std::fs::write(&file, toml).unwrap();
+        let child = std::process::Command::new(passerelle_bin())
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
+            .env("PASSERELLE__AUDIT__SINK", "file")
+            .env("PASSERELLE__AUDIT__PATH", &audit)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(([127, 0, 0, 1], port).into()).await;
+        Running { child, port, audit }
+    }
+
+    pub fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit code.
+    pub async fn stop(self) -> i32 {
+        self.signal("TERM");
+        self.wait().await
+    }
+
+    /// The exit code, waiting up to 10 s.
+    pub async fn wait(mut self) -> i32 {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        panic!("passerelle did not stop within 10 s");
+    }
+}

@@ -2,10 +2,10 @@
 //! overrides, signals (reload, graceful stop), and memory on a large download.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use passerelle_tests::harness::{curl, free_port, passerelle_bin, read_audit, wait_listening};
+use passerelle_tests::harness::{curl, passerelle_bin, read_audit, Running};
 use passerelle_tests::origin::HttpOrigin;
 
 fn check_config(file: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
@@ -133,67 +133,6 @@ fn hash_password_prints_the_nt_hash() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "a4f49c406510bdcab6824ee7c30fd852"
     );
-}
-
-/// The binary, with its config file and audit file in `dir`, listening on a fresh port.
-struct Running {
-    child: Child,
-    port: u16,
-    audit: std::path::PathBuf,
-}
-
-impl Running {
-    async fn start(dir: &Path, toml: &str) -> Running {
-        let port = free_port();
-        let audit = dir.join("audit.jsonl");
-        let file = dir.join("passerelle.toml");
-        std::fs::write(&file, toml).unwrap();
-        let child = Command::new(passerelle_bin())
-            .args(["run", "--config"])
-            .arg(&file)
-            .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
-            .env("PASSERELLE__AUDIT__SINK", "file")
-            .env("PASSERELLE__AUDIT__PATH", &audit)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_listening(([127, 0, 0, 1], port).into()).await;
-        Running { child, port, audit }
-    }
-
-    fn proxy(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    async fn stop(mut self) -> i32 {
-        self.signal("TERM");
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = self.child.kill();
-        panic!("passerelle did not stop within 10 s of SIGTERM");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

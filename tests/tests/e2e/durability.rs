@@ -4,14 +4,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::OpenOptionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use passerelle_tests::harness::{
-    curl, free_port, passerelle_bin, raw_exchange, read_audit, wait_listening, TestGateway,
-};
+use passerelle_tests::harness::{curl, raw_exchange, read_audit, Running, TestGateway};
 use passerelle_tests::origin::HttpOrigin;
 use serde_json::Value;
 
@@ -140,28 +138,14 @@ async fn on_full_drop_answers_everyone_and_leaves_a_visible_gap() {
 async fn sigterm_with_requests_in_flight_loses_no_record() {
     let origin = HttpOrigin::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        format!("[[flows]]\nid = \"site\"\nhosts = [\"site.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"site.test:80={}\"]\n", origin.addr),
-    )
-    .unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let port = free_port();
-    let mut child = Command::new(passerelle_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
-        .env("PASSERELLE__AUDIT__SINK", "file")
-        .env("PASSERELLE__AUDIT__PATH", &audit)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(([127, 0, 0, 1], port).into()).await;
-    let proxy = format!("http://127.0.0.1:{port}");
+    let config = format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"site.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"site.test:80={}\"]\n",
+        origin.addr
+    );
+    let gw = Running::start(dir.path(), &config).await;
     let mut downloads = Vec::new();
     for i in 0..40 {
-        let proxy = proxy.clone();
+        let proxy = gw.proxy();
         downloads.push(tokio::spawn(async move {
             curl(&[
                 "-x",
@@ -174,11 +158,7 @@ async fn sigterm_with_requests_in_flight_loses_no_record() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    gw.signal("TERM");
     let mut finished = 0;
     for d in downloads {
         let r = d.await.unwrap();
@@ -186,11 +166,8 @@ async fn sigterm_with_requests_in_flight_loses_no_record() {
             finished += 1;
         }
     }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    let audit = gw.audit.clone();
+    assert_eq!(gw.wait().await, 0, "graceful stop exits 0");
     assert_eq!(finished, 40, "requests in flight were cut");
     let records: Vec<Value> = read_audit(&audit)
         .into_iter()

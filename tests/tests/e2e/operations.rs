@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use passerelle_tests::harness::{
-    curl, free_port, passerelle_bin, read_audit, wait_listening, TestGateway,
+    curl, free_port, passerelle_bin, read_audit, wait_listening, Running, TestGateway,
 };
 use passerelle_tests::origin::{closed_port, HttpOrigin, TlsOrigin};
 use passerelle_tests::peers::NtlmParent;
@@ -299,18 +299,9 @@ async fn syslog_over_udp_loopback() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigusr1_reopens_the_audit_file_for_logrotate() {
     let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let port = free_port();
-    let mut child = Command::new(passerelle_bin())
-        .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
-        .env("PASSERELLE__AUDIT__SINK", "file")
-        .env("PASSERELLE__AUDIT__PATH", &audit)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(([127, 0, 0, 1], port).into()).await;
-    let proxy = format!("http://127.0.0.1:{port}");
-    curl(&["-x", &proxy, "http://first.example/"]).await;
+    let gw = Running::start(dir.path(), "").await;
+    let audit = gw.audit.clone();
+    curl(&["-x", &gw.proxy(), "http://first.example/"]).await;
     let rotated = dir.path().join("audit.jsonl.1");
     for _ in 0..100 {
         if read_audit(&audit).len() == 1 {
@@ -319,23 +310,10 @@ async fn sigusr1_reopens_the_audit_file_for_logrotate() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     std::fs::rename(&audit, &rotated).unwrap();
-    assert!(Command::new("kill")
-        .args(["-s", "USR1", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    gw.signal("USR1");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    curl(&["-x", &proxy, "http://second.example/"]).await;
-    assert!(Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    curl(&["-x", &gw.proxy(), "http://second.example/"]).await;
+    assert_eq!(gw.stop().await, 0);
     assert_eq!(read_audit(&rotated)[0]["host"], "first.example");
     let fresh = read_audit(&audit);
     assert_eq!(fresh.len(), 1, "{fresh:?}");
