@@ -84,6 +84,7 @@ pub async fn handle(
     Ok(response)
 }
 
+/// The design's decision order: target, admission, loop, allow-then-route, then the relay.
 async fn proxy(
     shared: &Shared,
     runtime: &Runtime,
@@ -92,34 +93,12 @@ async fn proxy(
     record: &Recorder,
 ) -> Result<Response<Body>, GatewayError> {
     let policy = &runtime.config.policy;
-    let limits = &runtime.config.limits;
     let client = ClientInfo { addr: client };
-    let head_size: usize = req
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    if head_size > limits.max_header_bytes as usize {
-        return Err(GatewayError::HeaderTooLarge(limits.max_header_bytes));
-    }
-    let target = request_target(&req, limits.max_uri_bytes);
+    let target = request_target(&req, runtime.config.limits.max_uri_bytes);
     if let Ok(target) = &target {
         record.target(target, scheme(target), path(&req));
     }
-    if !policy.client_allowed(&client) {
-        let what = match &target {
-            Ok(target) => describe(&req, target),
-            Err(_) => format!("{} {:.200}", req.method(), req.uri()),
-        };
-        let reason = DenyReason::ClientNotAllowed {
-            client: client.addr.ip(),
-        };
-        return Err(GatewayError::Denied { what, reason });
-    }
-    let client_ip = client.addr.ip().to_canonical();
-    if runtime.limiter.check_key(&client_ip).is_err() {
-        return Err(GatewayError::RateLimited(client_ip));
-    }
+    admit(runtime, &client, &req, target.as_ref().ok())?;
     let target = target?;
     if has_our_via(req.headers(), &runtime.config.listen.via) {
         return Err(GatewayError::Loop(runtime.config.listen.via.clone()));
@@ -138,6 +117,39 @@ async fn proxy(
         Kind::Connect => tunnel(shared, runtime, req, &target, &flow, route, record).await,
         Kind::Forward => forward(shared, runtime, req, &target, &flow, route, record).await,
     }
+}
+
+/// Who may ask, how much, how big: the client's network, its request rate, the head size.
+fn admit<B>(
+    runtime: &Runtime,
+    client: &ClientInfo,
+    req: &Request<B>,
+    target: Option<&Target>,
+) -> Result<(), GatewayError> {
+    let limits = &runtime.config.limits;
+    if !runtime.config.policy.client_allowed(client) {
+        let what = match target {
+            Some(target) => describe(req, target),
+            None => format!("{} {:.200}", req.method(), req.uri()),
+        };
+        let reason = DenyReason::ClientNotAllowed {
+            client: client.addr.ip(),
+        };
+        return Err(GatewayError::Denied { what, reason });
+    }
+    let client_ip = client.addr.ip().to_canonical();
+    if runtime.limiter.check_key(&client_ip).is_err() {
+        return Err(GatewayError::RateLimited(client_ip));
+    }
+    let head_size: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if head_size > limits.max_header_bytes as usize {
+        return Err(GatewayError::HeaderTooLarge(limits.max_header_bytes));
+    }
+    Ok(())
 }
 
 /// CONNECT: reach the target first, answer 200 only then, and relay in a tracked task.
