@@ -78,14 +78,17 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     passerelle_config::load(path, &env())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The configuration and a runtime to run it on, or the exit code that says why not.
+fn prepare(path: Option<&Path>) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let config = load(path).map_err(|e| report_problems(&e))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| {
             eprintln!("passerelle: cannot start the runtime: {e}");
             ExitCode::FAILURE
-        })
+        })?;
+    Ok((config, runtime))
 }
 
 fn report_problems(error: &ConfigError) -> ExitCode {
@@ -110,12 +113,8 @@ fn init_tracing() {
 
 fn run(path: Option<&Path>) -> ExitCode {
     init_tracing();
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(e) => return report_problems(&e),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
+    let (config, runtime) = match prepare(path) {
+        Ok(ready) => ready,
         Err(code) => return code,
     };
     match runtime.block_on(serve(config, path)) {
@@ -319,12 +318,8 @@ fn report(files: &[PathBuf], json: bool) -> ExitCode {
 }
 
 fn doctor(path: Option<&Path>, json: bool, ca_file: Option<&Path>) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(e) => return report_problems(&e),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
+    let (config, runtime) = match prepare(path) {
+        Ok(ready) => ready,
         Err(code) => return code,
     };
     let checks = match runtime.block_on(passerelle_gateway::doctor::run(config, ca_file)) {

@@ -268,8 +268,10 @@ impl Parent {
         }
         if handshake.sent_credentials() {
             self.handshakes.fetch_add(1, Ordering::Relaxed);
-            self.proven.store(true, Ordering::Release);
         }
+        // Credentials accepted, or none asked for: either way there is no account to
+        // protect any more, and new connections need not queue behind the probe gate.
+        self.proven.store(true, Ordering::Release);
     }
 
     async fn open(&self, timeout: Duration) -> Result<SendRequest<Body>, ConnectError> {
