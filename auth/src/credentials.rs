@@ -7,7 +7,7 @@ use std::path::Path;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// A password or its NT hash (MD4 of the UTF-16LE password, cntlm's `PassNT`).
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub enum Secret {
     Password(String),
     NtHash([u8; 16]),
@@ -87,7 +87,7 @@ pub enum CredentialsError {
 }
 
 /// An account: user, NTLM domain (may be empty), secret.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub user: String,
     pub domain: String,

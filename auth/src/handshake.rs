@@ -3,6 +3,7 @@
 //! the gateway sends the requests and feeds back what came back.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::challenge::{describe, Challenge, Scheme};
 use crate::credentials::Credentials;
@@ -73,6 +74,18 @@ impl AuthError {
     pub fn is_rejection(&self) -> bool {
         matches!(self, AuthError::Rejected { .. })
     }
+
+    /// Should the parent be left alone for the back-off? When it refused our credentials,
+    /// and when it offers nothing we can use (asking again on every request changes nothing).
+    pub fn backs_off(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Rejected { .. }
+                | AuthError::NotConfigured { .. }
+                | AuthError::Unsupported { .. }
+                | AuthError::SchemeNotOffered { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,22 +97,29 @@ enum State {
 
 /// One connection's handshake. Start it with [`Handshake::first_header`], then call
 /// [`Handshake::on_challenge`] for every 407 until the parent answers something else.
-pub struct Handshake<'a> {
+pub struct Handshake {
     mode: AuthMode,
-    credentials: Option<&'a Credentials>,
-    workstation: &'a str,
+    credentials: Option<Arc<Credentials>>,
+    workstation: Arc<str>,
     state: State,
     scheme: Option<Scheme>,
+    /// The last header answered the parent's token on this connection (NTLM's Type 3).
+    bound: bool,
 }
 
-impl<'a> Handshake<'a> {
-    pub fn new(mode: AuthMode, credentials: Option<&'a Credentials>, workstation: &'a str) -> Self {
+impl Handshake {
+    pub fn new(
+        mode: AuthMode,
+        credentials: Option<Arc<Credentials>>,
+        workstation: Arc<str>,
+    ) -> Self {
         Handshake {
             mode,
             credentials,
             workstation,
             state: State::Start,
             scheme: None,
+            bound: false,
         }
     }
 
@@ -120,6 +140,18 @@ impl<'a> Handshake<'a> {
     /// True once credentials (Basic, or an NTLM Type 3) went on the wire.
     pub fn sent_credentials(&self) -> bool {
         self.state == State::SentCredentials
+    }
+
+    /// True when the last header opened a negotiation the parent answers with a challenge
+    /// (NTLM's Type 1): that leg cannot succeed, so it carries no request body.
+    pub fn awaits_challenge(&self) -> bool {
+        self.state == State::SentNegotiate
+    }
+
+    /// True when the next leg continues this connection's negotiation: it answers a token
+    /// the parent gave on this connection, so it cannot go on another one.
+    pub fn is_connection_bound(&self) -> bool {
+        self.bound
     }
 
     /// The header for the next leg after a 407 carrying `challenges`.
@@ -147,11 +179,13 @@ impl<'a> Handshake<'a> {
                 );
                 let creds = self
                     .credentials
+                    .as_deref()
                     .ok_or(AuthError::NotConfigured { offered })?;
                 self.state = State::SentCredentials;
+                self.bound = true;
                 Ok(format!(
                     "NTLM {}",
-                    ntlm::authenticate(creds, &type2, self.workstation)?
+                    ntlm::authenticate(creds, &type2, &self.workstation)?
                 ))
             }
             State::SentCredentials => {
@@ -197,7 +231,9 @@ impl<'a> Handshake<'a> {
         let offered = scheme.to_string();
         let creds = self
             .credentials
+            .as_deref()
             .ok_or(AuthError::NotConfigured { offered })?;
+        self.bound = false;
         let header = match scheme {
             Scheme::Ntlm => {
                 self.state = State::SentNegotiate;
@@ -235,14 +271,20 @@ mod tests {
     use crate::challenge::parse_challenges;
     use crate::Secret;
 
-    fn creds() -> Credentials {
-        Credentials::new("CHU\\svc", None, Secret::Password("pässwörd".into())).unwrap()
+    fn creds() -> Option<Arc<Credentials>> {
+        Some(Arc::new(
+            Credentials::new("CHU\\svc", None, Secret::Password("pässwörd".into())).unwrap(),
+        ))
+    }
+
+    fn ws() -> Arc<str> {
+        Arc::from("W")
     }
 
     #[test]
     fn nothing_is_sent_before_a_407() {
         let c = creds();
-        let mut h = Handshake::new(AuthMode::Ntlm, Some(&c), "W");
+        let mut h = Handshake::new(AuthMode::Ntlm, c.clone(), ws());
         assert_eq!(h.first_header(None).unwrap(), None);
         let next = h
             .on_challenge(&parse_challenges(["NTLM", "Basic realm=\"x\""]))
@@ -254,12 +296,12 @@ mod tests {
     #[test]
     fn auto_prefers_ntlm_then_basic() {
         let c = creds();
-        let mut h = Handshake::new(AuthMode::Auto, Some(&c), "W");
+        let mut h = Handshake::new(AuthMode::Auto, c.clone(), ws());
         assert!(h
             .on_challenge(&parse_challenges(["Basic realm=\"x\", NTLM"]))
             .unwrap()
             .starts_with("NTLM "));
-        let mut h = Handshake::new(AuthMode::Auto, Some(&c), "W");
+        let mut h = Handshake::new(AuthMode::Auto, c.clone(), ws());
         let basic = h
             .on_challenge(&parse_challenges(["Basic realm=\"x\""]))
             .unwrap();
@@ -280,7 +322,7 @@ mod tests {
     #[test]
     fn unsupported_schemes_are_named() {
         let c = creds();
-        let mut h = Handshake::new(AuthMode::Auto, Some(&c), "W");
+        let mut h = Handshake::new(AuthMode::Auto, c.clone(), ws());
         let err = h
             .on_challenge(&parse_challenges([
                 "Negotiate",
@@ -291,7 +333,7 @@ mod tests {
             err.to_string(),
             "the parent offers Negotiate, Digest; Passerelle speaks NTLM and Basic"
         );
-        let mut h = Handshake::new(AuthMode::Ntlm, Some(&c), "W");
+        let mut h = Handshake::new(AuthMode::Ntlm, c.clone(), ws());
         let err = h
             .on_challenge(&parse_challenges(["Basic realm=\"x\""]))
             .unwrap_err();
@@ -299,7 +341,7 @@ mod tests {
             err.to_string(),
             "auth = \"ntlm\" but the parent offers Basic"
         );
-        let mut h = Handshake::new(AuthMode::None, None, "W");
+        let mut h = Handshake::new(AuthMode::None, None, ws());
         assert_eq!(
             h.on_challenge(&parse_challenges(["NTLM"]))
                 .unwrap_err()
@@ -311,7 +353,7 @@ mod tests {
     #[test]
     fn ntlm_without_a_type2_is_a_protocol_error() {
         let c = creds();
-        let mut h = Handshake::new(AuthMode::Ntlm, Some(&c), "W");
+        let mut h = Handshake::new(AuthMode::Ntlm, c.clone(), ws());
         h.on_challenge(&parse_challenges(["NTLM"])).unwrap();
         assert_eq!(
             h.on_challenge(&parse_challenges(["NTLM"])).unwrap_err(),
@@ -322,10 +364,10 @@ mod tests {
     #[test]
     fn a_known_scheme_starts_the_handshake_on_the_first_leg() {
         let c = creds();
-        let mut h = Handshake::new(AuthMode::Auto, Some(&c), "W");
+        let mut h = Handshake::new(AuthMode::Auto, c.clone(), ws());
         let first = h.first_header(Some(&Scheme::Basic)).unwrap().unwrap();
         assert!(first.starts_with("Basic "));
-        let mut h = Handshake::new(AuthMode::None, None, "W");
+        let mut h = Handshake::new(AuthMode::None, None, ws());
         assert_eq!(h.first_header(Some(&Scheme::Basic)).unwrap(), None);
     }
 }

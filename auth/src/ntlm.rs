@@ -13,6 +13,7 @@ const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 const AV_EOL: u16 = 0;
 const AV_NB_DOMAIN: u16 = 2;
 const AV_TIMESTAMP: u16 = 7;
+const NEGOTIATE_TARGET_INFO: u32 = 0x0080_0000;
 
 /// What we ask for in Type 1: Unicode, NTLM with extended session security, 128-bit.
 /// No LM key, no key exchange: we never use a session key.
@@ -90,7 +91,9 @@ fn parse_type2(b: &[u8]) -> Result<Type2, NtlmError> {
     let target_name = sec_buffer(b, 12)
         .map(|raw| decode_string(raw, flags))
         .unwrap_or_default();
-    let target_info = if b.len() >= 48 {
+    // Target info is there only when the server says so (MS-NLMP 2.2.1.2); without the
+    // flag, bytes 40.. may already be the target name (Squid's ntlm_fake_auth sends that).
+    let target_info = if flags & NEGOTIATE_TARGET_INFO != 0 && b.len() >= 48 {
         sec_buffer(b, 40)
             .ok_or(NtlmError::NotType2(
                 "target info points outside the message",
@@ -352,6 +355,21 @@ mod tests {
         assert_eq!(t.target_name, "SRV");
         assert!(t.target_info.is_empty());
         assert_eq!(t.timestamp, None);
+    }
+
+    #[test]
+    fn a_type2_without_the_target_info_flag_has_none() {
+        // Squid's ntlm_fake_auth: no TARGET_INFO flag, the target name at offset 40, and a
+        // target name buffer pointing nowhere.
+        let t =
+            parse_challenge("TlRMTVNTUAACAAAACQAJAK6qqqoHggiibdQVQKB8L0QAAAAAAAA6AFdPUktHUk9VUA==")
+                .unwrap();
+        assert!(t.target_info.is_empty());
+        assert_eq!(t.target_name, "");
+        assert_eq!(
+            t.server_challenge,
+            [0x6d, 0xd4, 0x15, 0x40, 0xa0, 0x7c, 0x2f, 0x44]
+        );
     }
 
     #[test]

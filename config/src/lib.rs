@@ -73,8 +73,9 @@ pub struct Pac {
     pub direct: Vec<DirectPattern>,
 }
 
-/// A parent proxy. `url` is its normal form, used in logs and the audit's `route`.
-#[derive(Debug)]
+/// A parent proxy. `url` is its normal form, used in logs and the audit's `route`. Two equal
+/// `Upstream`s are the same parent with the same account: a reload keeps what was learnt.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub url: String,
     pub host: Host,
@@ -86,6 +87,8 @@ pub struct Upstream {
     pub workstation: String,
     pub auth_backoff: Duration,
     pub down_cooldown: Duration,
+    /// A parent quiet for this long gets a health probe (TCP, TLS).
+    pub health_interval: Duration,
 }
 
 /// Static name-to-address overrides, consulted before DNS.

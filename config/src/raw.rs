@@ -91,6 +91,7 @@ pub struct RawUpstream {
     pub ca_file: Option<String>,
     pub auth_backoff: Option<String>,
     pub down_cooldown: Option<String>,
+    pub health_interval: Option<String>,
 }
 
 fn auth_none() -> String {

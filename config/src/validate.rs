@@ -560,6 +560,12 @@ fn upstream(
         .map_or(Duration::from_secs(30), |d| {
             p.duration(&format!("{path}.down_cooldown"), d)
         });
+    let health_interval = u
+        .health_interval
+        .as_deref()
+        .map_or(Duration::from_secs(30), |d| {
+            p.duration(&format!("{path}.health_interval"), d)
+        });
     if p.0.len() > before {
         return None;
     }
@@ -577,6 +583,7 @@ fn upstream(
             .unwrap_or_else(|| "PASSERELLE".to_string()),
         auth_backoff,
         down_cooldown,
+        health_interval,
     })
 }
 

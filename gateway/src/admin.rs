@@ -126,9 +126,9 @@ fn gauges(shared: &Shared) -> Gauges {
                 let o = std::sync::atomic::Ordering::Relaxed;
                 (
                     p.url.clone(),
-                    p.state(),
-                    p.handshakes.load(o),
-                    p.auth_failures.load(o),
+                    p.learnt.health.state().as_str(),
+                    p.learnt.handshakes.load(o),
+                    p.learnt.auth_failures.load(o),
                 )
             })
             .collect(),
@@ -142,12 +142,16 @@ fn readiness(shared: &Shared) -> Result<(), String> {
     let policy = &runtime.config.policy;
     let needs_parent = policy.routing().default == Route::Upstream;
     let parents = runtime.parents.list();
-    if !needs_parent || parents.iter().any(|p| p.is_usable()) {
+    if !needs_parent
+        || parents
+            .iter()
+            .any(|p| p.learnt.health.state() == crate::upstream::State::Up)
+    {
         return Ok(());
     }
     let states: Vec<String> = parents
         .iter()
-        .map(|p| format!("{} {}", p.url, p.state()))
+        .map(|p| format!("{} {}", p.url, p.learnt.health.state().as_str()))
         .collect();
     Err(format!("no usable parent ({})", states.join(", ")))
 }

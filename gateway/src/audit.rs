@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
@@ -74,6 +74,8 @@ struct LogShared {
     gap: AtomicU64,
     queued: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Set when shutdown's grace is over: what is cut then is cut by the shutdown.
+    shutting_down: AtomicBool,
 }
 
 enum Msg {
@@ -105,6 +107,7 @@ impl AuditLog {
             gap: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             metrics: Arc::default(),
+            shutting_down: AtomicBool::new(false),
         });
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -173,6 +176,20 @@ impl AuditLog {
             digest_after: after.map(str::to_string),
             ..AuditEvent::default()
         });
+    }
+
+    /// Shutdown's grace is over: requests and tunnels cut from now on are cut by it.
+    pub fn shutting_down(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// The reason for a request cut before its end: the client went away, or shutdown.
+    fn cut_reason(&self) -> &'static str {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            "shutdown"
+        } else {
+            "aborted"
+        }
     }
 
     /// The metrics derived from the records.
@@ -380,6 +397,12 @@ impl Recorder {
         });
     }
 
+    /// The request was cut before its end (its response body dropped, or the connection).
+    pub fn cut(&self) {
+        let reason = self.0.log.cut_reason();
+        self.reason(reason);
+    }
+
     pub fn status(&self, status: u16) {
         self.update(|e| e.status = Some(status));
     }
@@ -409,7 +432,12 @@ impl Drop for RecorderInner {
         if event.decision.is_none() {
             // Ended before a decision: the client went away mid-request.
             event.decision = Some("deny");
-            event.reason.get_or_insert_with(|| "aborted".to_string());
+            event
+                .reason
+                .get_or_insert_with(|| self.log.cut_reason().to_string());
+        } else if event.status.is_none() && event.reason.is_none() {
+            // Allowed, but cut before any answer.
+            event.reason = Some(self.log.cut_reason().to_string());
         }
         if !self.recorded {
             self.log.shared.metrics.observe(&event);

@@ -111,7 +111,7 @@ where
 impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
         if !self.done && matches!(self.direction, Direction::Down) {
-            self.record.reason("aborted");
+            self.record.cut();
         }
     }
 }

@@ -57,34 +57,10 @@ pub async fn resolve(
         return Ok(vec![addr]);
     }
     let host_text = target.host.to_string();
-    let candidates: Vec<SocketAddr> = match &target.host {
-        Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
-        Host::Name(name) => {
-            let lookup = tokio::net::lookup_host((name.as_str(), target.port));
-            match tokio::time::timeout(timeout, lookup).await {
-                Ok(Ok(addrs)) => {
-                    let addrs: Vec<SocketAddr> = addrs.collect();
-                    drift.note(flow, name, &addrs);
-                    addrs
-                }
-                Ok(Err(source)) => {
-                    return Err(ConnectError::Resolve {
-                        host: host_text,
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(ConnectError::Resolve {
-                        host: host_text,
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "DNS lookup timed out",
-                        ),
-                    })
-                }
-            }
-        }
-    };
+    let candidates = lookup(&target.host, target.port, timeout).await?;
+    if let Host::Name(name) = &target.host {
+        drift.note(flow, name, &candidates);
+    }
     let mut allowed = Vec::with_capacity(candidates.len());
     let mut internal: Option<IpAddr> = None;
     for addr in candidates {
@@ -103,6 +79,30 @@ pub async fn resolve(
             flow: flow.id.clone(),
         }),
         (true, None) => Err(ConnectError::NoAddress { host: host_text }),
+    }
+}
+
+/// The addresses of `host` (an IP literal is its own), within `timeout`.
+pub async fn lookup(
+    host: &Host,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, ConnectError> {
+    let name = match host {
+        Host::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
+        Host::Name(name) => name,
+    };
+    let resolve_error = |source| ConnectError::Resolve {
+        host: name.clone(),
+        source,
+    };
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((name.as_str(), port))).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(source)) => Err(resolve_error(source)),
+        Err(_) => Err(resolve_error(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "DNS lookup timed out",
+        ))),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_rustls::TlsConnector;
 use crate::connect::{connect_any, resolve, BoxedIo, Drift};
 use crate::error::Hop;
 use crate::service::Runtime;
+use crate::upstream::Parent;
 
 /// Clock skew beyond this fails the check (the client's certificates and OTPs need time).
 const MAX_SKEW: Duration = Duration::from_secs(60);
@@ -62,9 +63,8 @@ impl Check {
 /// Runs every check; `extra_ca` adds roots for TLS validation (a test CA, a site's own).
 pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, String> {
     let tls = tls_connector(extra_ca)?;
-    let runtime = Runtime::new(config)?;
+    let runtime = Runtime::new(config, None)?;
     let mut checks = Vec::new();
-    let timeout = runtime.config.limits.connect_timeout;
     let first_tls_flow = runtime
         .config
         .policy
@@ -72,7 +72,7 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
         .find(|f| !f.tls_ports.is_empty() && !f.hosts.is_empty())
         .cloned();
     for parent in runtime.parents.list() {
-        checks.push(parent_probe(&parent.url, first_tls_flow.as_ref(), &runtime, timeout).await);
+        checks.push(parent_probe(parent, first_tls_flow.as_ref(), &runtime).await);
     }
     let drift = Drift::default();
     let flows: Vec<Arc<Flow>> = runtime.config.policy.enabled_flows().cloned().collect();
@@ -164,7 +164,11 @@ async fn check_target(
                 }
             }
         }
-        Route::Upstream => match runtime.parents.tunnel(target, flow, timeout).await {
+        Route::Upstream => match runtime
+            .parents
+            .tunnel(target, flow, &runtime.timeouts(flow), |_| {})
+            .await
+        {
             Ok((io, parent)) => {
                 checks.push(Check::pass(
                     "tcp",
@@ -317,12 +321,8 @@ async fn check_http<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The parent: reachable, which schemes it offers, and whether our credentials pass (a
 /// CONNECT to a documented TLS flow through the normal handshake).
-async fn parent_probe(
-    url: &str,
-    flow: Option<&Arc<Flow>>,
-    runtime: &Runtime,
-    timeout: Duration,
-) -> Check {
+async fn parent_probe(parent: &Parent, flow: Option<&Arc<Flow>>, runtime: &Runtime) -> Check {
+    let url = parent.url.as_str();
     let Some(flow) = flow else {
         return Check::pass("parent", url, "no TLS flow to probe with");
     };
@@ -334,10 +334,14 @@ async fn parent_probe(
         port: flow.tls_ports[0],
         kind: Kind::Connect,
     };
-    match runtime.parents.tunnel(&target, flow, timeout).await {
-        Ok((_, parent)) => Check::pass(
+    let via = &runtime.config.listen.via;
+    match parent
+        .tunnel(&target, flow, via, &runtime.timeouts(flow))
+        .await
+    {
+        Ok(_) => Check::pass(
             "parent",
-            &parent,
+            url,
             format!("reachable, credentials accepted (CONNECT {target})"),
         ),
         Err(e) => {

@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
-use passerelle_auth::AuthError;
 use passerelle_config::DenyReason;
 
 use crate::body::{full, Body};
+use crate::upstream::UpstreamError;
 
 /// Failures reaching the next hop (the origin, or a parent proxy).
 #[derive(Debug, thiserror::Error)]
@@ -75,52 +75,6 @@ impl ConnectError {
             ConnectError::Http { .. } => "upstream_protocol",
         }
     }
-
-    /// Transport failures move on to the next parent; the rest would fail there too.
-    pub fn is_transport(&self) -> bool {
-        matches!(
-            self,
-            ConnectError::Timeout { .. }
-                | ConnectError::Io { .. }
-                | ConnectError::Tls { .. }
-                | ConnectError::Http { .. }
-        )
-    }
-}
-
-/// Failures through a parent proxy, beyond reaching it.
-#[derive(Debug, thiserror::Error)]
-pub enum ParentError {
-    #[error("no parent proxy is reachable (tried {tried}); last: {last}")]
-    AllDown {
-        tried: usize,
-        last: Box<ConnectError>,
-    },
-    #[error("every parent proxy is cooling down after failures; no direct fallback")]
-    AllCoolingDown,
-    #[error("parent {parent}: {source}")]
-    Auth { parent: String, source: AuthError },
-    #[error(
-        "parent refused the gateway's credentials: {parent} is in back-off for {seconds}s more"
-    )]
-    BackOff { parent: String, seconds: u64 },
-    #[error("parent {parent} answered {status} to CONNECT {target}")]
-    Refused {
-        parent: String,
-        status: StatusCode,
-        target: String,
-    },
-}
-
-impl ParentError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            ParentError::AllDown { .. } | ParentError::AllCoolingDown => "parent_unreachable",
-            ParentError::Auth { source, .. } => source.code(),
-            ParentError::BackOff { .. } => "parent_auth_failed",
-            ParentError::Refused { .. } => "parent_refused",
-        }
-    }
 }
 
 /// Everything that ends a request with an error response.
@@ -148,12 +102,14 @@ pub enum GatewayError {
     HeaderTooLarge(u32),
     #[error("the request body is malformed: {0}")]
     ClientBody(String),
+    #[error("no answer from the origin within {} (the flow's idle timeout)", humantime::format_duration(*.0))]
+    ResponseTimeout(std::time::Duration),
     #[error("{what} refused: {reason}")]
     Denied { what: String, reason: DenyReason },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
-    Parent(#[from] ParentError),
+    Upstream(#[from] UpstreamError),
 }
 
 impl GatewayError {
@@ -170,9 +126,10 @@ impl GatewayError {
             GatewayError::TransferCoding(_) => "transfer_coding",
             GatewayError::HeaderTooLarge(_) => "header_too_large",
             GatewayError::ClientBody(_) => "client_body_error",
+            GatewayError::ResponseTimeout(_) => "response_timeout",
             GatewayError::Denied { reason, .. } => reason.code(),
             GatewayError::Connect(e) => e.code(),
-            GatewayError::Parent(e) => e.code(),
+            GatewayError::Upstream(e) => e.code(),
         }
     }
 
@@ -191,8 +148,10 @@ impl GatewayError {
             GatewayError::Denied { .. } | GatewayError::Connect(ConnectError::Internal { .. }) => {
                 StatusCode::FORBIDDEN
             }
-            GatewayError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Connect(_) | GatewayError::Parent(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Connect(ConnectError::Timeout { .. })
+            | GatewayError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Connect(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream(e) => e.status(),
         }
     }
 

@@ -10,34 +10,30 @@ pub mod doctor;
 pub mod error;
 pub mod headers;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod pac;
-pub mod parent;
 pub mod pool;
 pub mod relay;
 pub mod report;
 pub mod service;
 pub mod sink;
 pub mod sni;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use passerelle_config::{Config, ConfigError};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use tokio::io::AsyncWriteExt;
-
-use crate::audit::{AuditEvent, AuditLog, AuditWriter};
-use crate::connect::{tune, Drift};
-use crate::limits::Refusal;
+use crate::audit::{AuditLog, AuditWriter};
+use crate::connect::Drift;
 use crate::pool::Pool;
 use crate::service::{Runtime, Shared};
 
@@ -87,7 +83,7 @@ impl Gateway {
                 })?;
             listeners.push(listener);
         }
-        let runtime = Runtime::new(config).map_err(StartError::Parents)?;
+        let runtime = Runtime::new(config, None).map_err(StartError::Parents)?;
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             audit,
@@ -103,7 +99,7 @@ impl Gateway {
         let mut accept_tasks = Vec::new();
         for listener in listeners {
             proxy_addrs.push(listener.local_addr().map_err(StartError::Audit)?);
-            accept_tasks.push(tokio::spawn(accept(
+            accept_tasks.push(tokio::spawn(listener::accept(
                 listener,
                 shared.clone(),
                 closing.clone(),
@@ -123,6 +119,11 @@ impl Gateway {
         };
         accept_tasks.push(tokio::spawn(prune_rate_limiter(
             shared.clone(),
+            closing.clone(),
+        )));
+        let watched = shared.clone();
+        accept_tasks.push(tokio::spawn(upstream::watch(
+            move || watched.runtime.load_full(),
             closing.clone(),
         )));
         Ok(Gateway {
@@ -165,10 +166,12 @@ impl Gateway {
     /// Either way the audit gets a record with the digests.
     pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), String> {
         let before = self.digest();
-        let outcome = loaded.map_err(|e| e.to_string()).and_then(Runtime::new);
+        let current = self.shared.runtime.load_full();
+        let outcome = loaded
+            .map_err(|e| e.to_string())
+            .and_then(|config| Runtime::new(config, Some(&current)));
         match outcome {
             Ok(runtime) => {
-                let current = self.shared.runtime.load();
                 if runtime.config.listen.proxy != current.config.listen.proxy {
                     tracing::warn!("reload: listen.proxy changes take effect at the next restart");
                 }
@@ -208,6 +211,7 @@ impl Gateway {
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(grace = ?grace, "shutdown: grace period over, closing what is left");
+            shared.audit.shutting_down();
             shared.stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
         }
@@ -215,64 +219,6 @@ impl Gateway {
         tokio::task::spawn_blocking(move || writer.finish())
             .await
             .map_err(std::io::Error::other)?
-    }
-}
-
-async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = closing.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, client)) => {
-                let limits = shared.runtime.load().config.limits.clone();
-                match shared
-                    .connections
-                    .admit(client.ip().to_canonical(), &limits)
-                {
-                    Ok(admitted) => {
-                        tune(&stream);
-                        let task = serve(stream, client, shared.clone(), closing.clone());
-                        shared.tracker.spawn(async move {
-                            task.await;
-                            drop(admitted);
-                        });
-                    }
-                    Err(refusal) => refuse(stream, client, refusal, &shared),
-                }
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin.
-                tracing::warn!(error = %e, "accept.failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Over the total: closed before reading. Over the client's share: a short 503. Audited.
-fn refuse(stream: TcpStream, client: SocketAddr, refusal: Refusal, shared: &Shared) {
-    shared.audit.event(AuditEvent {
-        event: "request",
-        client: Some(client.to_string()),
-        decision: Some("deny"),
-        reason: Some(refusal.code().to_string()),
-        status: (refusal == Refusal::PerClient).then_some(503),
-        ..AuditEvent::default()
-    });
-    if refusal == Refusal::PerClient {
-        tokio::spawn(async move {
-            let mut stream = stream;
-            let body = "passerelle: too many connections from this client\n";
-            let response = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-                 Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
-                body.len()
-            );
-            let write = stream.write_all(response.as_bytes());
-            let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
-        });
     }
 }
 
@@ -289,62 +235,4 @@ async fn prune_rate_limiter(shared: Arc<Shared>, closing: CancellationToken) {
             _ = closing.cancelled() => return,
         }
     }
-}
-
-/// One client connection: HTTP/1.1 with keep-alive and CONNECT upgrades.
-async fn serve(
-    stream: TcpStream,
-    client: SocketAddr,
-    shared: Arc<Shared>,
-    closing: CancellationToken,
-) {
-    let limits = shared.runtime.load().config.limits.clone();
-    let stop = shared.stop.clone();
-    let service = {
-        let shared = shared.clone();
-        service_fn(move |req| service::handle(shared.clone(), client, req))
-    };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes as usize)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
-        _ = closing.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stop.cancelled() => Ok(()),
-            }
-        }
-    };
-    if let Err(error) = ended {
-        audit_connection_error(&shared, client, &error);
-    }
-}
-
-/// Requests hyper refused before they reached the request path (it answered 400 or 431
-/// itself, or cut a slow head) still get their record.
-fn audit_connection_error(shared: &Shared, client: SocketAddr, error: &hyper::Error) {
-    let (reason, status) = if error.is_parse_too_large() {
-        ("header_too_large", Some(431))
-    } else if error.is_parse() {
-        ("malformed_request", Some(400))
-    } else if error.is_timeout() {
-        ("header_timeout", None)
-    } else {
-        return;
-    };
-    shared.audit.event(AuditEvent {
-        event: "request",
-        client: Some(client.to_string()),
-        decision: Some("deny"),
-        reason: Some(reason.to_string()),
-        detail: Some(error.to_string()),
-        status,
-        ..AuditEvent::default()
-    });
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::audit::AuditEvent;
@@ -13,6 +13,7 @@ use crate::audit::AuditEvent;
 pub struct Metrics {
     counters: Mutex<Counters>,
     pub tunnels_active: AtomicI64,
+    idle_closed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -73,6 +74,11 @@ impl Metrics {
         if event.bytes_down > 0 {
             *c.bytes.entry((flow, "down")).or_default() += event.bytes_down;
         }
+    }
+
+    /// A keep-alive connection closed after its requests for being idle (not a refusal).
+    pub fn idle_connection_closed(&self) {
+        self.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn tunnel_opened(&self) {
@@ -159,6 +165,17 @@ impl Metrics {
             out,
             "passerelle_client_connections {}",
             gauges.connections_open
+        );
+        header(
+            &mut out,
+            "passerelle_idle_connections_closed_total",
+            "counter",
+            "Keep-alive client connections closed for being idle between requests.",
+        );
+        let _ = writeln!(
+            out,
+            "passerelle_idle_connections_closed_total {}",
+            self.idle_closed.load(Ordering::Relaxed)
         );
         header(
             &mut out,

@@ -39,8 +39,11 @@ pub struct SniRule {
 /// The client's side of a tunnel, once hyper hands it over: the plain TCP stream when it
 /// can (the fast path), with the bytes hyper had already read.
 pub fn client_side(upgraded: Upgraded) -> (Side, Bytes) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (Side::Tcp(parts.io.into_inner()), parts.read_buf),
+    match upgraded.downcast::<TokioIo<crate::listener::Lingering>>() {
+        Ok(parts) => (
+            Side::Tcp(parts.io.into_inner().into_inner()),
+            parts.read_buf,
+        ),
         Err(upgraded) => (Side::Io(Box::new(TokioIo::new(upgraded))), Bytes::new()),
     }
 }

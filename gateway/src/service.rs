@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -25,10 +25,10 @@ use crate::body::{empty, Body, Counted, Direction};
 use crate::connect::{connect_any, resolve, Drift};
 use crate::error::{exchange_error, GatewayError, Hop};
 use crate::headers::{add_via, has_our_via, strip_hop_by_hop};
-use crate::limits::{rate_limiter, Connections, RateLimiter};
-use crate::parent::Parents;
+use crate::limits::{rate_limiter, Admitted, Connections, RateLimiter};
 use crate::pool::Pool;
 use crate::relay::{self, Side};
+use crate::upstream::{Parents, Timeouts};
 
 /// One configuration and what is built from it; swapped whole on reload.
 pub struct Runtime {
@@ -38,12 +38,26 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Result<Runtime, String> {
+    /// What `config` runs on; parents whose settings `previous` shares keep what was learnt.
+    pub fn new(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
         Ok(Runtime {
-            parents: Parents::new(&config.upstreams)?,
+            parents: Parents::new(
+                &config.upstreams,
+                &config.listen.via,
+                previous.map(|r| &r.parents),
+            )?,
             limiter: rate_limiter(&config.limits),
             config,
         })
+    }
+
+    /// The time limits of an exchange for `flow`.
+    pub fn timeouts(&self, flow: &Flow) -> Timeouts {
+        let limits = &self.config.limits;
+        Timeouts {
+            connect: limits.connect_timeout,
+            response: flow.idle_timeout.unwrap_or(limits.idle_timeout),
+        }
     }
 }
 
@@ -61,14 +75,17 @@ pub struct Shared {
     pub reload: tokio::sync::Notify,
 }
 
+/// One request from `client`, whose connection holds `slot` in the connection limits.
 pub async fn handle(
     shared: Arc<Shared>,
     client: SocketAddr,
+    slot: Arc<Admitted>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let runtime = shared.runtime.load_full();
     let record = shared.audit.start(client, req.method().as_str()).await;
-    let response = match proxy(&shared, &runtime, client, req, &record).await {
+    let has_body = !req.body().is_end_stream();
+    let response = match proxy(&shared, &runtime, client, slot, req, &record).await {
         Ok(response) => response,
         Err(error) => {
             match &error {
@@ -77,7 +94,14 @@ pub async fn handle(
                 }
                 other => record.fail(other.code(), other.to_string()),
             }
-            error.into_response()
+            let mut response = error.into_response();
+            // The body may be unread: the connection cannot carry another request.
+            if has_body {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     record.status(response.status().as_u16());
@@ -89,6 +113,7 @@ async fn proxy(
     shared: &Shared,
     runtime: &Runtime,
     client: SocketAddr,
+    slot: Arc<Admitted>,
     req: Request<Incoming>,
     record: &Recorder,
 ) -> Result<Response<Body>, GatewayError> {
@@ -114,7 +139,7 @@ async fn proxy(
     };
     record.allow(&flow.id, route);
     match target.kind {
-        Kind::Connect => tunnel(shared, runtime, req, &target, &flow, route, record).await,
+        Kind::Connect => tunnel(shared, runtime, slot, req, &target, &flow, route, record).await,
         Kind::Forward => forward(shared, runtime, req, &target, &flow, route, record).await,
     }
 }
@@ -152,10 +177,13 @@ fn admit<B>(
     Ok(())
 }
 
-/// CONNECT: reach the target first, answer 200 only then, and relay in a tracked task.
+/// CONNECT: reach the target first, answer 200 only then, and relay in a tracked task that
+/// keeps the client's connection slot until the tunnel closes.
+#[allow(clippy::too_many_arguments)]
 async fn tunnel(
     shared: &Shared,
     runtime: &Runtime,
+    slot: Arc<Admitted>,
     mut req: Request<Incoming>,
     target: &Target,
     flow: &Arc<Flow>,
@@ -169,9 +197,10 @@ async fn tunnel(
             (Side::Tcp(stream), "direct".to_string())
         }
         Route::Upstream => {
+            let trying = |url: &str| record.route(url);
             let (io, parent) = runtime
                 .parents
-                .tunnel(target, flow, limits.connect_timeout)
+                .tunnel(target, flow, &runtime.timeouts(flow), trying)
                 .await?;
             (Side::Io(io), parent)
         }
@@ -198,6 +227,7 @@ async fn tunnel(
             Err(_) => record.reason("client_gone"),
         }
         metrics.tunnel_closed();
+        drop(slot);
     });
     Ok(Response::new(empty()))
 }
@@ -213,7 +243,6 @@ async fn forward(
     record: &Recorder,
 ) -> Result<Response<Body>, GatewayError> {
     let via = &runtime.config.listen.via;
-    let timeout = runtime.config.limits.connect_timeout;
     let (mut parts, body) = req.into_parts();
     reframe(&mut parts.headers)?;
     strip_hop_by_hop(&mut parts.headers);
@@ -229,11 +258,16 @@ async fn forward(
         }
         Route::Upstream => {
             parts.uri = absolute_form(&parts.uri, target);
-            let (response, parent) = runtime
+            let trying = |url: &str| record.route(url);
+            let (response, _parent) = runtime
                 .parents
-                .forward(Request::from_parts(parts, body), flow, timeout)
+                .forward(
+                    Request::from_parts(parts, body),
+                    flow,
+                    &runtime.timeouts(flow),
+                    trying,
+                )
                 .await?;
-            record.route(&parent);
             response
         }
     };
@@ -246,8 +280,9 @@ async fn forward(
     ))
 }
 
-/// Sends to the origin on a pooled connection when one is idle, else on a new one. A
-/// body-less request is retried once on a new connection if the pooled one was stale.
+/// Sends to the origin on a pooled connection when one is idle, else on a new one. A request
+/// the pooled connection never wrote goes on a new one; one it may have delivered goes again
+/// only when it is safe (RFC 9110 §9.2.1: GET, HEAD, OPTIONS, TRACE) and has no body.
 async fn send_direct(
     shared: &Shared,
     runtime: &Runtime,
@@ -259,22 +294,26 @@ async fn send_direct(
     let key = (target.host.clone(), target.port);
     let origin = target.to_string();
     let http_error = |source| exchange_error(Hop::Origin, origin.clone(), source);
-    let mut request = Some((parts, body));
+    let bound = runtime.timeouts(flow).response;
+    let mut request = (parts, body);
     if let Some(mut sender) = shared.origins.checkout(&key) {
-        let (parts, body) = request.take().expect("request present");
-        let retry = body.is_end_stream().then(|| parts.clone());
-        match sender.send_request(Request::from_parts(parts, body)).await {
-            Ok(response) => {
+        let (parts, body) = request;
+        let resend = (is_safe(&parts.method) && body.is_end_stream()).then(|| parts.clone());
+        let sent = sender.try_send_request(Request::from_parts(parts, body));
+        match tokio::time::timeout(bound, sent).await {
+            Err(_) => return Err(GatewayError::ResponseTimeout(bound)),
+            Ok(Ok(response)) => {
                 shared.origins.checkin_when_ready(key, sender);
                 return Ok(response);
             }
-            Err(source) => match retry {
-                Some(parts) => request = Some((parts, empty())),
-                None => return Err(http_error(source)),
+            Ok(Err(mut e)) => match (e.take_message(), resend) {
+                (Some(unsent), _) => request = unsent.into_parts(),
+                (None, Some(parts)) => request = (parts, empty()),
+                (None, None) => return Err(http_error(e.into_error())),
             },
         }
     }
-    let (parts, body) = request.expect("request present");
+    let (parts, body) = request;
     let stream = connect_direct(shared, runtime, target, flow).await?;
     let mut sender: SendRequest<Body> = {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -286,12 +325,20 @@ async fn send_direct(
         });
         sender
     };
-    let response = sender
-        .send_request(Request::from_parts(parts, body))
+    let sent = sender.send_request(Request::from_parts(parts, body));
+    let response = tokio::time::timeout(bound, sent)
         .await
+        .map_err(|_| GatewayError::ResponseTimeout(bound))?
         .map_err(http_error)?;
     shared.origins.checkin_when_ready(key, sender);
     Ok(response)
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// Resolves (checked against the flow) and connects to the origin.

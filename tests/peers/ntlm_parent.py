@@ -2,14 +2,21 @@
 """An HTTP proxy that demands NTLM and verifies each NTLMv2 answer with pyspnego's acceptor,
 an implementation independent of Passerelle's. A test peer: it listens on 127.0.0.1 only.
 
-Forwarded (absolute-form) requests are answered by the parent itself, as if it were the
-origin: a JSON report of what reached it (method, target, user, connection, body length).
-CONNECT targets are tunnelled to the addresses given with --map (the parent resolves names,
-as a real parent would; the map is its DNS). Unmapped CONNECT targets get 403, as from a
-parent's ACL.
+Forwarded (absolute-form) requests to a host:port given with --map are forwarded to that
+address, as a real parent would (the map is its DNS); other forwarded requests are answered by
+the parent itself, as if it were the origin: a JSON report of what reached it (method, target,
+user, connection, body length). CONNECT targets are tunnelled to the addresses given with
+--map. Unmapped CONNECT targets get 403, as from a parent's ACL.
+
+It behaves like Squid 5.7 where that matters to a client: a 407 to a request whose body is
+over 64 KiB is sent without reading the body, and the connection is then never read again
+(the client must not send a body before the leg that can succeed); a request with
+`Expect: 100-continue` gets `100 Continue` only once the connection is authenticated, else a
+407 without its body being read (and the connection closes).
 
 Every event is appended to --log as a JSON line, so tests assert on what the parent saw:
-  {"event": "request", "conn": 3, "method": "GET", "target": "...", "auth": "NTLM"|"Basic"|null, "body_len": 18}
+  {"event": "request", "conn": 3, "method": "GET", "target": "...", "auth": "NTLM"|"Basic"|null,
+   "body_len": 18 (null when the body was not read), "expect": false}
   {"event": "handshake", "conn": 3, "user": "CHU\\svc"}
   {"event": "auth_failed", "conn": 3, "error": "..."}
 
@@ -20,10 +27,12 @@ the acceptor refuse LM and NTLMv1.
 import argparse
 import asyncio
 import base64
+import http.client
 import itertools
 import json
 import os
 import sys
+import urllib.parse
 
 import spnego
 
@@ -66,6 +75,26 @@ async def read_body(reader, headers):
     return await reader.readexactly(length) if length else b""
 
 
+SQUID_407_BODY_LIMIT = 64 * 1024
+
+
+def declared_length(headers):
+    if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
+        return None
+    return int(headers.get("content-length", ["0"])[0])
+
+
+def fetch(destination, method, path, headers, body):
+    """Forwards a request to the origin (in a thread: http.client is blocking)."""
+    host, port = destination.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, resp.reason, resp.getheaders(), data
+
+
 def respond(writer, status, reason, headers=(), body=b""):
     head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in headers]
@@ -95,6 +124,26 @@ def challenge_headers(args, token=None):
     return offered
 
 
+async def refuse(args, writer, headers, challenge, text):
+    """A 407 as Squid sends it: when the request announced `Expect: 100-continue`, or a body
+    over 64 KiB, the body is not read; the connection is then closed (Expect) or never read
+    again (large body). Returns whether the connection can carry another request."""
+    expect = "100-continue" in ",".join(headers.get("expect", [])).lower()
+    length = declared_length(headers)
+    if expect:
+        respond(writer, 407, "Proxy Authentication Required", challenge + [("Connection", "close")], text)
+        await writer.drain()
+        return False
+    if length is None or length > SQUID_407_BODY_LIMIT:
+        respond(writer, 407, "Proxy Authentication Required", challenge, text)
+        await writer.drain()
+        await asyncio.sleep(120)
+        return False
+    respond(writer, 407, "Proxy Authentication Required", challenge, text)
+    await writer.drain()
+    return None
+
+
 async def handle(args, reader, writer):
     conn = next(COUNTER)
     context = None
@@ -105,35 +154,51 @@ async def handle(args, reader, writer):
             if head is None:
                 return
             method, target, headers = head
-            body = await read_body(reader, headers)
             auth = headers.get("proxy-authorization", [None])[0]
-            log(args.log, event="request", conn=conn, method=method, target=target,
-                auth=auth.split(" ", 1)[0] if auth else None, body_len=len(body))
+            expect = "100-continue" in ",".join(headers.get("expect", [])).lower()
+            body = None
+            challenge = None
             if user is None:
                 if not auth or not auth.lower().startswith("ntlm "):
-                    respond(writer, 407, "Proxy Authentication Required", challenge_headers(args),
-                            b"authentication required")
-                    await writer.drain()
-                    continue
-                token = base64.b64decode(auth[5:])
-                if context is None or token[8:12] == b"\x01\x00\x00\x00":
-                    context = spnego.server(protocol="ntlm")
-                try:
-                    out = context.step(token)
-                except Exception as error:  # pyspnego refuses the answer: wrong secret, v1...
-                    log(args.log, event="auth_failed", conn=conn, error=str(error))
-                    context = None
-                    respond(writer, 407, "Proxy Authentication Required", challenge_headers(args),
-                            b"bad credentials")
-                    await writer.drain()
-                    continue
-                if not context.complete:
-                    respond(writer, 407, "Proxy Authentication Required", challenge_headers(args, out),
-                            b"continue")
-                    await writer.drain()
-                    continue
-                user = context.client_principal
-                log(args.log, event="handshake", conn=conn, user=user)
+                    challenge, text = challenge_headers(args), b"authentication required"
+                else:
+                    token = base64.b64decode(auth[5:])
+                    if context is None or token[8:12] == b"\x01\x00\x00\x00":
+                        context = spnego.server(protocol="ntlm")
+                    try:
+                        out = context.step(token)
+                    except Exception as error:  # pyspnego refuses the answer: wrong secret, v1...
+                        log(args.log, event="auth_failed", conn=conn, error=str(error))
+                        context = None
+                        challenge, text = challenge_headers(args), b"bad credentials"
+                    else:
+                        if not context.complete:
+                            challenge, text = challenge_headers(args, out), b"continue"
+                            if args.close_after_challenge:
+                                body = await read_body(reader, headers)
+                                respond(writer, 407, "Proxy Authentication Required",
+                                        challenge + [("Connection", "close")], text)
+                                await writer.drain()
+                                return
+                        else:
+                            user = context.client_principal
+                            log(args.log, event="handshake", conn=conn, user=user)
+            if challenge is not None:
+                kept = await refuse(args, writer, headers, challenge, text)
+                if kept is False:
+                    log(args.log, event="request", conn=conn, method=method, target=target,
+                        auth=auth.split(" ", 1)[0] if auth else None, body_len=None, expect=expect)
+                    return
+                body = await read_body(reader, headers)
+                log(args.log, event="request", conn=conn, method=method, target=target,
+                    auth=auth.split(" ", 1)[0] if auth else None, body_len=len(body), expect=expect)
+                continue
+            if expect:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
+            body = await read_body(reader, headers)
+            log(args.log, event="request", conn=conn, method=method, target=target,
+                auth=auth.split(" ", 1)[0] if auth else None, body_len=len(body), expect=expect)
             if method == "CONNECT":
                 destination = args.map.get(target.lower())
                 if destination is None:
@@ -146,6 +211,23 @@ async def handle(args, reader, writer):
                 await writer.drain()
                 await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
                 return
+            url = urllib.parse.urlsplit(target)
+            authority = f"{url.hostname}:{url.port or 80}".lower()
+            destination = args.map.get(authority)
+            if destination is not None:
+                forwarded = {k: v[0] for k, v in headers.items()
+                             if k not in ("proxy-authorization", "proxy-connection", "connection",
+                                          "keep-alive", "transfer-encoding", "content-length", "expect")}
+                path = url.path or "/"
+                if url.query:
+                    path += "?" + url.query
+                status, reason, out_headers, data = await asyncio.to_thread(
+                    fetch, destination, method, path, forwarded, body)
+                kept = [(k, v) for k, v in out_headers
+                        if k.lower() not in ("content-length", "transfer-encoding", "connection", "keep-alive")]
+                respond(writer, status, reason, kept, data)
+                await writer.drain()
+                continue
             report = json.dumps({
                 "via_parent": True, "method": method, "target": target, "user": user,
                 "conn": conn, "body_len": len(body),
@@ -166,6 +248,8 @@ async def main():
     parser.add_argument("--log", required=True)
     parser.add_argument("--map", action="append", default=[], help="host:port=127.0.0.1:port")
     parser.add_argument("--offer-basic", action="store_true", help="also offer Basic (never accepted)")
+    parser.add_argument("--close-after-challenge", action="store_true",
+                        help="fault: close the connection right after the NTLM challenge")
     args = parser.parse_args()
     args.map = dict(m.lower().split("=", 1) for m in args.map)
     if os.environ.get("LM_COMPAT_LEVEL") != "5" or not os.environ.get("NTLM_USER_FILE"):

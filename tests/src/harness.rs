@@ -134,6 +134,18 @@ pub fn load_config(
     passerelle_config::load_str(Some(toml), None, &vars)
 }
 
+/// Waits (bounded) until the audit file at `path` holds at least `n` records.
+pub async fn wait_records(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = read_audit(path);
+        if records.len() >= n || Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn read_audit(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
@@ -277,24 +289,95 @@ pub struct Running {
     pub audit: PathBuf,
 }
 
-impl Running {
-    pub async fn start(dir: &Path, toml: &str) -> Running {
+/// How to launch [`Running`]: extra environment, and optionally a private resolver.
+pub struct Launch {
+    dir: PathBuf,
+    toml: String,
+    env: Vec<(String, String)>,
+    hosts: Option<Vec<(String, std::net::IpAddr)>>,
+    stderr: Option<PathBuf>,
+}
+
+impl Launch {
+    /// Runs the binary with a resolver that answers only `hosts` (its own `/etc/hosts` and
+    /// an `/etc/resolv.conf` pointing at a closed port, in a private mount namespace): names
+    /// resolve as the test says, and no DNS query leaves the machine.
+    pub fn closed_dns(mut self, hosts: &[(&str, std::net::IpAddr)]) -> Launch {
+        self.hosts = Some(hosts.iter().map(|(h, ip)| (h.to_string(), *ip)).collect());
+        self
+    }
+
+    /// Keeps the binary's diagnostics (stderr) in `dir/stderr.log`.
+    pub fn keep_stderr(mut self) -> Launch {
+        self.stderr = Some(self.dir.join("stderr.log"));
+        self
+    }
+
+    pub async fn start(self) -> Running {
         let port = free_port();
-        let audit = dir.join("audit.jsonl");
-        let file = dir.join("passerelle.toml");
-        std::fs::write(&file, toml).unwrap();
-        let child = std::process::Command::new(passerelle_bin())
-            .args(["run", "--config"])
+        let audit = self.dir.join("audit.jsonl");
+        let file = self.dir.join("passerelle.toml");
+        std::fs::write(&file, &self.toml).unwrap();
+        let mut cmd = match &self.hosts {
+            None => std::process::Command::new(passerelle_bin()),
+            Some(hosts) => {
+                let hosts_file = self.dir.join("hosts");
+                let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+                for (name, ip) in hosts {
+                    text.push_str(&format!("{ip} {name}\n"));
+                }
+                std::fs::write(&hosts_file, text).unwrap();
+                let resolv = self.dir.join("resolv.conf");
+                std::fs::write(
+                    &resolv,
+                    "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
+                )
+                .unwrap();
+                let mut cmd = std::process::Command::new("unshare");
+                cmd.args(["--mount", "sh", "-c"])
+                    .arg(format!(
+                        "mount --bind '{}' /etc/hosts && mount --bind '{}' /etc/resolv.conf && exec \"$0\" \"$@\"",
+                        hosts_file.display(),
+                        resolv.display()
+                    ))
+                    .arg(passerelle_bin());
+                cmd
+            }
+        };
+        cmd.args(["run", "--config"])
             .arg(&file)
             .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
             .env("PASSERELLE__AUDIT__SINK", "file")
             .env("PASSERELLE__AUDIT__PATH", &audit)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null());
+        match &self.stderr {
+            Some(path) => cmd.stderr(std::fs::File::create(path).unwrap()),
+            None => cmd.stderr(Stdio::null()),
+        };
+        let child = cmd.spawn().unwrap();
         wait_listening(([127, 0, 0, 1], port).into()).await;
         Running { child, port, audit }
+    }
+}
+
+impl Running {
+    pub async fn start(dir: &Path, toml: &str) -> Running {
+        Running::with_env(dir, toml, &[]).start().await
+    }
+
+    /// A launch with extra environment variables; see [`Launch`].
+    pub fn with_env(dir: &Path, toml: &str, env: &[(&str, &str)]) -> Launch {
+        Launch {
+            dir: dir.to_path_buf(),
+            toml: toml.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            hosts: None,
+            stderr: None,
+        }
     }
 
     pub fn proxy(&self) -> String {

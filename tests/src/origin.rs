@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,39 +35,81 @@ pub fn fnv1a(data: &[u8], mut hash: u64) -> u64 {
 pub const FNV_OFFSET: u64 = 0xcbf29ce484222325;
 
 /// An HTTP/1.1 origin. `/bytes/N` streams N bytes; `/slow/N` streams N 1 KiB pieces, one
-/// every 100 ms; anything else answers JSON describing the request (method, path, headers,
-/// body length and FNV-1a checksum).
+/// every 100 ms; `/delay/MS` reads the request, waits MS milliseconds, then answers like the
+/// rest; anything else answers JSON describing the request (method, path, headers, body
+/// length and FNV-1a checksum). Every request it read to its end is logged ([`HttpOrigin::seen`]).
 pub struct HttpOrigin {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    seen: Seen,
 }
+
+/// A request as the origin received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub body_len: u64,
+    pub body_fnv: String,
+}
+
+type Seen = Arc<Mutex<Vec<Received>>>;
 
 impl HttpOrigin {
     pub async fn start() -> HttpOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
+        let seen = Seen::default();
+        let (counter, log) = (connections.clone(), seen.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let log = log.clone();
                 tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(req, log.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(answer))
+                        .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        HttpOrigin { addr, connections }
+        HttpOrigin {
+            addr,
+            connections,
+            seen,
+        }
     }
 
     /// Connections accepted so far (keep-alive reuse shows as fewer connections than requests).
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// Every request read to its end so far, in order.
+    pub fn seen(&self) -> Vec<Received> {
+        self.seen.lock().expect("origin log").clone()
+    }
+
+    /// The requests received for `path`.
+    pub fn seen_for(&self, path: &str) -> Vec<Received> {
+        self.seen().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// Waits (bounded) until the origin has received `n` requests, and returns them.
+    pub async fn wait_seen(&self, n: usize) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n || std::time::Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<OutBody>, Infallible> {
+async fn answer(req: Request<Incoming>, log: Seen) -> Result<Response<OutBody>, Infallible> {
     let path = req.uri().path().to_string();
     if let Some(n) = path
         .strip_prefix("/bytes/")
@@ -91,6 +133,9 @@ async fn answer(req: Request<Incoming>) -> Result<Response<OutBody>, Infallible>
         };
         return Ok(Response::new(body.boxed_unsync()));
     }
+    let delay = path
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok());
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let mut headers = serde_json::Map::new();
@@ -115,6 +160,15 @@ async fn answer(req: Request<Incoming>) -> Result<Response<OutBody>, Infallible>
             len += data.len() as u64;
             hash = fnv1a(data, hash);
         }
+    }
+    log.lock().expect("origin log").push(Received {
+        method: method.clone(),
+        path: path.clone(),
+        body_len: len,
+        body_fnv: format!("{hash:016x}"),
+    });
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let report = serde_json::json!({
         "method": method, "uri": uri, "path": path, "headers": headers,

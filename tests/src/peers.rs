@@ -37,6 +37,35 @@ impl NtlmParent {
         map: &[(&str, SocketAddr)],
         offer_basic: bool,
     ) -> NtlmParent {
+        NtlmParent::start_on(free_port(), users, map, offer_basic).await
+    }
+
+    /// [`NtlmParent::start`] with extra command-line flags (faults to inject).
+    pub async fn start_with(
+        users: &[(&str, &str, &str)],
+        map: &[(&str, SocketAddr)],
+        flags: &[&str],
+    ) -> NtlmParent {
+        NtlmParent::launch(free_port(), users, map, flags).await
+    }
+
+    /// [`NtlmParent::start`] on a given port (to bring a parent back where it was).
+    pub async fn start_on(
+        port: u16,
+        users: &[(&str, &str, &str)],
+        map: &[(&str, SocketAddr)],
+        offer_basic: bool,
+    ) -> NtlmParent {
+        let flags: &[&str] = if offer_basic { &["--offer-basic"] } else { &[] };
+        NtlmParent::launch(port, users, map, flags).await
+    }
+
+    async fn launch(
+        port: u16,
+        users: &[(&str, &str, &str)],
+        map: &[(&str, SocketAddr)],
+        flags: &[&str],
+    ) -> NtlmParent {
         let dir = tempfile::tempdir().expect("temp dir");
         let users_file = dir.path().join("users");
         let lines: Vec<String> = users
@@ -45,7 +74,6 @@ impl NtlmParent {
             .collect();
         std::fs::write(&users_file, lines.join("\n") + "\n").expect("users file");
         let log = dir.path().join("parent.jsonl");
-        let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/ntlm_parent.py");
         let mut cmd = Command::new("python3");
         cmd.arg(&script)
@@ -58,9 +86,7 @@ impl NtlmParent {
         for (target, addr) in map {
             cmd.args(["--map", &format!("{target}={addr}")]);
         }
-        if offer_basic {
-            cmd.arg("--offer-basic");
-        }
+        cmd.args(flags);
         let child = Reaped(
             cmd.spawn()
                 .expect("python3 runs (scripts/install-test-deps installs pyspnego)"),
@@ -93,8 +119,17 @@ impl NtlmParent {
     }
 }
 
-/// Squid as a Basic-authenticating parent. `users` are `(user, password)`; `hosts` are
-/// names its resolver maps to 127.0.0.1 (no query leaves the machine).
+/// How a [`Squid`] authenticates its clients.
+pub enum SquidAuth<'a> {
+    /// `basic_ncsa_auth` with these `(user, password)`.
+    Basic(&'a [(&'a str, &'a str)]),
+    /// `ntlm_fake_auth`: any NTLM handshake passes (for what Squid does around it, such as
+    /// the 64 KiB body stall after a 407).
+    FakeNtlm,
+}
+
+/// Squid as an authenticating parent; `hosts` are names its resolver maps to 127.0.0.1 (no
+/// query leaves the machine).
 pub struct Squid {
     pub addr: SocketAddr,
     dir: TempDir,
@@ -102,26 +137,46 @@ pub struct Squid {
 }
 
 impl Squid {
+    /// Squid demanding Basic authentication from `users` (`(user, password)`).
     pub async fn start(users: &[(&str, &str)], hosts: &[&str]) -> Squid {
+        Squid::with_auth(SquidAuth::Basic(users), hosts).await
+    }
+
+    pub async fn with_auth(auth: SquidAuth<'_>, hosts: &[&str]) -> Squid {
         let squid = ["/usr/sbin/squid", "/usr/bin/squid"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("squid is installed (scripts/install-test-deps)");
-        let helper = "/usr/lib/squid/basic_ncsa_auth";
-        assert!(Path::new(helper).exists(), "{helper} is missing");
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         // Squid drops to its own user: it must read and write here.
         set_mode(d, 0o777);
-        let mut passwd = String::new();
-        for (user, password) in users {
-            let out = Command::new("openssl")
-                .args(["passwd", "-apr1", password])
-                .output()
-                .expect("openssl runs");
-            passwd.push_str(&format!("{user}:{}", String::from_utf8_lossy(&out.stdout)));
-        }
-        write_world_readable(&d.join("passwd"), &passwd);
+        let auth_param = match auth {
+            SquidAuth::Basic(users) => {
+                let helper = "/usr/lib/squid/basic_ncsa_auth";
+                assert!(Path::new(helper).exists(), "{helper} is missing");
+                let mut passwd = String::new();
+                for (user, password) in users {
+                    let out = Command::new("openssl")
+                        .args(["passwd", "-apr1", password])
+                        .output()
+                        .expect("openssl runs");
+                    passwd.push_str(&format!("{user}:{}", String::from_utf8_lossy(&out.stdout)));
+                }
+                write_world_readable(&d.join("passwd"), &passwd);
+                format!(
+                    "auth_param basic program {helper} {d}/passwd\n\
+                     auth_param basic realm passerelle-test\n\
+                     auth_param basic credentialsttl 1 second\n",
+                    d = d.display()
+                )
+            }
+            SquidAuth::FakeNtlm => {
+                let helper = "/usr/lib/squid/ntlm_fake_auth";
+                assert!(Path::new(helper).exists(), "{helper} is missing");
+                format!("auth_param ntlm program {helper}\nauth_param ntlm children 4\n")
+            }
+        };
         let hosts_text: String = hosts.iter().map(|h| format!("127.0.0.1 {h}\n")).collect();
         write_world_readable(&d.join("hosts"), &hosts_text);
         let port = free_port();
@@ -138,9 +193,7 @@ impl Squid {
              hosts_file {d}/hosts\n\
              dns_nameservers 127.0.0.1\n\
              shutdown_lifetime 0 seconds\n\
-             auth_param basic program {helper} {d}/passwd\n\
-             auth_param basic realm passerelle-test\n\
-             auth_param basic credentialsttl 1 second\n\
+             {auth_param}\
              acl authed proxy_auth REQUIRED\n\
              http_access allow authed\n\
              http_access deny all\n",

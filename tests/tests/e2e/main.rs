@@ -5,4 +5,5 @@ mod core;
 mod durability;
 mod hostile;
 mod operations;
+mod parent_faults;
 mod upstream;

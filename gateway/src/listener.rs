@@ -1,0 +1,246 @@
+//! The proxy listeners: accept (connection limits), serve one client connection (HTTP/1.1,
+//! keep-alive, CONNECT upgrades), refuse what the limits refuse, and close so that the last
+//! answer reaches the client (a lingering close).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditEvent;
+use crate::connect::tune;
+use crate::limits::{Admitted, Refusal};
+use crate::service::{self, Shared};
+
+/// Accepts proxy clients until `closing`: each within the connection limits is served in a
+/// tracked task (shutdown waits for it); the others are refused.
+pub async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = closing.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let limits = shared.runtime.load().config.limits.clone();
+                match shared
+                    .connections
+                    .admit(client.ip().to_canonical(), &limits)
+                {
+                    Ok(admitted) => {
+                        tune(&stream);
+                        let task = serve(
+                            stream,
+                            client,
+                            Arc::new(admitted),
+                            shared.clone(),
+                            closing.clone(),
+                        );
+                        shared.tracker.spawn(task);
+                    }
+                    Err(refusal) => refuse(stream, client, refusal, &shared),
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "accept.failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Over the total: closed before reading. Over the client's share: a short 503. Audited.
+fn refuse(stream: TcpStream, client: SocketAddr, refusal: Refusal, shared: &Shared) {
+    shared.audit.event(AuditEvent {
+        event: "request",
+        client: Some(client.to_string()),
+        decision: Some("deny"),
+        reason: Some(refusal.code().to_string()),
+        status: (refusal == Refusal::PerClient).then_some(503),
+        ..AuditEvent::default()
+    });
+    if refusal == Refusal::PerClient {
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let body = "passerelle: too many connections from this client\n";
+            let response = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
+                body.len()
+            );
+            let write = stream.write_all(response.as_bytes());
+            let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+        });
+    }
+}
+
+/// One client connection: HTTP/1.1 with keep-alive and CONNECT upgrades. `slot` is the
+/// client's place in the connection limits; a tunnel takes a share of it and keeps it until
+/// the tunnel closes.
+async fn serve(
+    stream: TcpStream,
+    client: SocketAddr,
+    slot: Arc<Admitted>,
+    shared: Arc<Shared>,
+    closing: CancellationToken,
+) {
+    let limits = shared.runtime.load().config.limits.clone();
+    let stop = shared.stop.clone();
+    let served = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (shared, served) = (shared.clone(), served.clone());
+        service_fn(move |req| {
+            served.store(true, Ordering::Relaxed);
+            service::handle(shared.clone(), client, slot.clone(), req)
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes as usize)
+        .serve_connection(TokioIo::new(Lingering::new(stream)), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stop.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = ended {
+        audit_connection_error(&shared, client, &error, served.load(Ordering::Relaxed));
+    }
+}
+
+/// Requests hyper refused before they reached the request path (it answered 400 or 431
+/// itself, or cut a slow head) still get their record. A keep-alive connection that went
+/// quiet after its requests is not a refusal: it is counted, not audited.
+fn audit_connection_error(shared: &Shared, client: SocketAddr, error: &hyper::Error, served: bool) {
+    let (reason, status) = if error.is_parse_too_large() {
+        ("header_too_large", Some(431))
+    } else if error.is_parse() {
+        ("malformed_request", Some(400))
+    } else if error.is_timeout() && served {
+        shared.audit.metrics().idle_connection_closed();
+        return;
+    } else if error.is_timeout() {
+        ("header_timeout", None)
+    } else {
+        return;
+    };
+    shared.audit.event(AuditEvent {
+        event: "request",
+        client: Some(client.to_string()),
+        decision: Some("deny"),
+        reason: Some(reason.to_string()),
+        detail: Some(error.to_string()),
+        status,
+        ..AuditEvent::default()
+    });
+}
+
+/// How long, and how much, a closing connection keeps reading what the client still sends.
+const LINGER_FOR: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// A client socket whose close lingers: after our last byte (a FIN), what the client is
+/// still sending (a request body we answered without reading) is read and dropped, bounded,
+/// so that the kernel does not answer it with a reset that destroys our answer in flight.
+pub struct Lingering {
+    stream: TcpStream,
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+impl Lingering {
+    fn new(stream: TcpStream) -> Lingering {
+        Lingering {
+            stream,
+            linger: None,
+        }
+    }
+
+    pub fn into_inner(self) -> TcpStream {
+        self.stream
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.linger = Some((Box::pin(tokio::time::sleep(LINGER_FOR)), 0));
+        }
+        let Some((deadline, drained)) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    *drained += buf.filled().len();
+                    if *drained > LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    return match deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
+        }
+    }
+}
