@@ -95,27 +95,61 @@ pub fn normalize_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-const NAT64_PREFIX: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
-{
-    Ok(net) => net,
-    Err(_) => panic!("constant prefix"),
-};
+const fn net(addr: Ipv6Addr, len: u8) -> Ipv6Net {
+    match Ipv6Net::new(addr, len) {
+        Ok(net) => net,
+        Err(_) => panic!("constant prefix"),
+    }
+}
+
+/// RFC 6052 well-known NAT64 prefix.
+const NAT64: Ipv6Net = net(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96);
+/// RFC 8215 local-use NAT64 prefix.
+const NAT64_LOCAL: Ipv6Net = net(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48);
+/// 6to4 (RFC 3056): the IPv4 address in bits 16..48.
+const SIX_TO_FOUR: Ipv6Net = net(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16);
+/// Teredo (RFC 4380): a tunnel through whatever the embedded addresses are.
+const TEREDO: Ipv6Net = net(Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32);
+/// IPv4-compatible (deprecated, RFC 4291 §2.5.5.1) and IPv4-translated (SIIT, RFC 2765).
+const V4_COMPATIBLE: Ipv6Net = net(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96);
+const V4_TRANSLATED: Ipv6Net = net(Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96);
 
 /// True for addresses that lead into a LAN or the host itself rather than to the internet:
 /// loopback, private (RFC 1918, ULA), link-local, CGNAT, unspecified, multicast, broadcast and
-/// documentation ranges. NAT64 addresses are judged by the IPv4 address they embed.
+/// documentation ranges. IPv6 forms that carry an IPv4 address (NAT64, local-use NAT64, 6to4)
+/// are judged by the address they carry; the deprecated forms (IPv4-compatible,
+/// IPv4-translated) and Teredo are refused outright.
 pub fn is_internal(ip: IpAddr) -> bool {
     match normalize_ip(ip) {
         IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => {
-            if NAT64_PREFIX.contains(&v6) {
-                let o = v6.octets();
-                return is_internal_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            let o = v6.octets();
+            let tail = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+            if NAT64.contains(&v6) {
+                return is_internal_v4(tail);
+            }
+            if NAT64_LOCAL.contains(&v6) {
+                // The prefix length inside the /48 is the site's choice (RFC 6052 §2.2):
+                // /96 when bits 48..96 are zero, else any of the /48, /56, /64 layouts.
+                if o[6..12].iter().all(|b| *b == 0) {
+                    return is_internal_v4(tail);
+                }
+                return [
+                    [o[6], o[7], o[9], o[10]],
+                    [o[7], o[9], o[10], o[11]],
+                    [o[9], o[10], o[11], o[12]],
+                ]
+                .into_iter()
+                .any(|v4| is_internal_v4(Ipv4Addr::from(v4)));
+            }
+            if SIX_TO_FOUR.contains(&v6) {
+                return is_internal_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+            }
+            if TEREDO.contains(&v6) || V4_COMPATIBLE.contains(&v6) || V4_TRANSLATED.contains(&v6) {
+                return true;
             }
             let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
+            v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link-local
                 || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
@@ -299,6 +333,16 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::7f00:1",
             "255.255.255.255",
+            // Forms that embed 127.0.0.1 or 10.0.0.1, and deprecated ones.
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1:7f00:0:100::",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "::7f00:1",
+            "::a48a:f31d",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a48a:f31d",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
@@ -306,6 +350,8 @@ mod tests {
             "164.138.243.29",
             "2a00:1450::1",
             "64:ff9b::a48a:f31d",
+            "64:ff9b:1::a48a:f31d",
+            "2002:a48a:f31d::1",
             "8.8.8.8",
         ] {
             assert!(!is_internal(public.parse().unwrap()), "{public}");

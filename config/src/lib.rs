@@ -40,6 +40,7 @@ const LIST_KEYS: &[&str] = &[
     "routing.direct",
     "pac.direct",
     "resolve.connect_to",
+    "admin.allow",
 ];
 
 /// A validated configuration, ready to run.
@@ -52,6 +53,7 @@ pub struct Config {
     pub resolve: Resolve,
     pub limits: Limits,
     pub audit: Audit,
+    pub admin: Admin,
     /// SHA-256 of the sources (file and overrides), for reload records.
     pub digest: String,
     pub source: Option<PathBuf>,
@@ -62,6 +64,20 @@ pub struct Listen {
     pub proxy: Vec<SocketAddr>,
     pub via: String,
     pub admin: Option<SocketAddr>,
+}
+
+/// Who may use the admin listener: the security team's and monitoring's hosts, not the
+/// workstations (they use the proxy; they do not read `/flows` or `/metrics`).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl Admin {
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// What `/proxy.pac` tells workstations.

@@ -65,6 +65,9 @@ pub struct Flow {
     pub ports: Vec<u16>,
     /// Ports where the client speaks TLS to the destination.
     pub tls_ports: Vec<u16>,
+    /// Ports where the client speaks plain HTTP: a CONNECT there is served as HTTP inside
+    /// the tunnel, each request decided and audited as if forwarded.
+    pub http_ports: Vec<u16>,
     pub environment: Environment,
     pub tags: Vec<String>,
     /// May this flow's names resolve to internal addresses (a PACS on the LAN)?
@@ -324,6 +327,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             ports: ports.to_vec(),
             tls_ports: vec![443],
+            http_ports: vec![80],
             environment: env,
             tags: if id.starts_with("tlm") {
                 vec![COVOTEM_SERVER_TAG.into()]

@@ -19,6 +19,12 @@ pub struct RawConfig {
     pub resolve: RawResolve,
     pub limits: RawLimits,
     pub audit: RawAudit,
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAdmin {
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +57,7 @@ pub struct RawFlow {
     #[serde(default)]
     pub ports: Vec<i64>,
     pub tls_ports: Option<Vec<i64>>,
+    pub http_ports: Option<Vec<i64>>,
     pub environment: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,

@@ -17,6 +17,11 @@ use crate::{Audit, AuditFormat, AuditSink, Config, Limits, Listen, Problem, Reso
 
 const COVOTEM_PROFILE: &str = include_str!("../profiles/covotem.toml");
 
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
+
 /// Collects problems while validation goes on.
 #[derive(Default)]
 struct Problems(Vec<Problem>);
@@ -29,13 +34,25 @@ impl Problems {
         });
     }
 
-    fn duration(&mut self, path: &str, value: &str) -> Duration {
+    /// A duration above zero and at most `max` (a bound keeps deadlines computable: an
+    /// idle timeout of a billion years would overflow the clock at the first tunnel).
+    fn duration(&mut self, path: &str, value: &str, max: Duration) -> Duration {
         match humantime::parse_duration(value) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
+            Ok(d) if d.is_zero() => {
                 self.add(path, "must be longer than zero");
                 Duration::from_secs(1)
             }
+            Ok(d) if d > max => {
+                self.add(
+                    path,
+                    format!(
+                        "{value:?} is longer than the most this key takes ({})",
+                        humantime::format_duration(max)
+                    ),
+                );
+                max
+            }
+            Ok(d) => d,
             Err(e) => {
                 self.add(
                     path,
@@ -85,6 +102,9 @@ pub(crate) fn compile(
     let resolve = resolve(&raw, &mut p);
     let limits = limits(&raw, &mut p);
     let audit = audit(&raw, &mut p);
+    let admin = crate::Admin {
+        allow: cidrs(&raw.admin.allow, "admin.allow", &mut p),
+    };
 
     if !p.0.is_empty() {
         return Err(p.0);
@@ -97,6 +117,7 @@ pub(crate) fn compile(
         resolve,
         limits,
         audit,
+        admin,
         digest,
         source,
     })
@@ -161,25 +182,38 @@ fn pac(raw: &RawConfig, p: &mut Problems) -> crate::Pac {
     crate::Pac { proxy, direct }
 }
 
+/// CIDRs (or single addresses) at `path`; a network with host bits set is refused, with
+/// the network it probably means.
+fn cidrs(list: &[String], path: &str, p: &mut Problems) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let c = c.trim();
+        let parsed = c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) if net != net.trunc() => p.add(
+                format!("{path}[{i}]"),
+                format!(
+                    "{c:?} has host bits set: did you mean {}? (a single address is {}/{})",
+                    net.trunc(),
+                    net.addr(),
+                    net.max_prefix_len()
+                ),
+            ),
+            Ok(net) => nets.push(net),
+            Err(_) => p.add(
+                format!("{path}[{i}]"),
+                format!("{c:?} is not a CIDR (e.g. 10.20.0.0/16)"),
+            ),
+        }
+    }
+    nets
+}
+
 fn clients(raw: &RawConfig, listen: &Listen, p: &mut Problems) -> Vec<IpNet> {
     match &raw.clients.allow {
-        Some(list) => {
-            let mut nets = Vec::new();
-            for (i, c) in list.iter().enumerate() {
-                let c = c.trim();
-                let parsed = c
-                    .parse::<IpNet>()
-                    .or_else(|_| c.parse::<IpAddr>().map(IpNet::from));
-                match parsed {
-                    Ok(net) => nets.push(net),
-                    Err(_) => p.add(
-                        format!("clients.allow[{i}]"),
-                        format!("{c:?} is not a CIDR (e.g. 10.20.0.0/16)"),
-                    ),
-                }
-            }
-            nets
-        }
+        Some(list) => cidrs(list, "clients.allow", p),
         None => {
             if let Some(open) = listen.proxy.iter().find(|a| !a.ip().is_loopback()) {
                 p.add(
@@ -330,6 +364,27 @@ fn flow(
             .collect(),
         None => ports.iter().copied().filter(|&port| port == 443).collect(),
     };
+    let http_ports: Vec<u16> = match &f.http_ports {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, port)| {
+                let port = p.port(format!("{path}.http_ports[{i}]"), *port)?;
+                if !ports.contains(&port) || tls_ports.contains(&port) {
+                    p.add(
+                        format!("{path}.http_ports[{i}]"),
+                        format!("{port} must be one of the flow's ports and not a TLS port"),
+                    );
+                }
+                Some(port)
+            })
+            .collect(),
+        None => ports
+            .iter()
+            .copied()
+            .filter(|&port| port == 80 && !tls_ports.contains(&port))
+            .collect(),
+    };
     let environment = match f.environment.as_deref().unwrap_or("all") {
         "all" => Environment::All,
         "production" => Environment::Production,
@@ -345,7 +400,7 @@ fn flow(
     let idle_timeout = f
         .idle_timeout
         .as_deref()
-        .map(|d| p.duration(&format!("{path}.idle_timeout"), d));
+        .map(|d| p.duration(&format!("{path}.idle_timeout"), d, WEEK));
     if p.0.len() > before {
         return None;
     }
@@ -356,6 +411,7 @@ fn flow(
         ips,
         ports,
         tls_ports,
+        http_ports,
         environment,
         tags: f.tags.clone(),
         allow_private: f.allow_private,
@@ -552,19 +608,19 @@ fn upstream(
         .auth_backoff
         .as_deref()
         .map_or(Duration::from_secs(60), |d| {
-            p.duration(&format!("{path}.auth_backoff"), d)
+            p.duration(&format!("{path}.auth_backoff"), d, DAY)
         });
     let down_cooldown = u
         .down_cooldown
         .as_deref()
         .map_or(Duration::from_secs(30), |d| {
-            p.duration(&format!("{path}.down_cooldown"), d)
+            p.duration(&format!("{path}.down_cooldown"), d, DAY)
         });
     let health_interval = u
         .health_interval
         .as_deref()
         .map_or(Duration::from_secs(30), |d| {
-            p.duration(&format!("{path}.health_interval"), d)
+            p.duration(&format!("{path}.health_interval"), d, DAY)
         });
     if p.0.len() > before {
         return None;
@@ -639,10 +695,10 @@ fn limits(raw: &RawConfig, p: &mut Problems) -> Limits {
         }
     };
     Limits {
-        connect_timeout: p.duration("limits.connect_timeout", &l.connect_timeout),
-        idle_timeout: p.duration("limits.idle_timeout", &l.idle_timeout),
-        header_timeout: p.duration("limits.header_timeout", &l.header_timeout),
-        shutdown_grace: p.duration("limits.shutdown_grace", &l.shutdown_grace),
+        connect_timeout: p.duration("limits.connect_timeout", &l.connect_timeout, 10 * MINUTE),
+        idle_timeout: p.duration("limits.idle_timeout", &l.idle_timeout, WEEK),
+        header_timeout: p.duration("limits.header_timeout", &l.header_timeout, HOUR),
+        shutdown_grace: p.duration("limits.shutdown_grace", &l.shutdown_grace, HOUR),
         requests_per_second: positive(p, "limits.requests_per_second", l.requests_per_second),
         burst: positive(p, "limits.burst", l.burst),
         max_connections: positive(p, "limits.max_connections", l.max_connections),
@@ -653,7 +709,7 @@ fn limits(raw: &RawConfig, p: &mut Problems) -> Limits {
         ),
         max_header_bytes: at_least(p, "limits.max_header_bytes", l.max_header_bytes, 8192),
         max_uri_bytes: at_least(p, "limits.max_uri_bytes", l.max_uri_bytes, 256),
-        sni_timeout: p.duration("limits.sni_timeout", &l.sni_timeout),
+        sni_timeout: p.duration("limits.sni_timeout", &l.sni_timeout, 10 * MINUTE),
     }
 }
 

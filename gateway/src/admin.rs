@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/proxy.pac`,
-//! `/flows` (the effective policy as JSON) and `POST /reload`. Never on a proxy port;
-//! clients outside `clients.allow` are refused here too.
+//! `/flows` (the effective policy as JSON) and `POST /reload`. Never on a proxy port; only
+//! `admin.allow` may use it, within connection caps; refusals and reloads are audited.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,22 +11,58 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use passerelle_config::{ClientInfo, Route};
+use passerelle_config::Route;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditEvent;
 use crate::body::{full, Body};
+use crate::limits::Connections;
 use crate::metrics::Gauges;
 use crate::service::Shared;
 
+/// Open admin connections at most, in all and per client: the admin port must not be a way
+/// to exhaust the process's descriptors.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_PER_CLIENT: u32 = 16;
+
+/// Serves the admin listener: clients outside `admin.allow` are refused at accept (closed,
+/// audited), the rest within the connection caps.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, closing: CancellationToken) {
+    let connections = Arc::new(Connections::default());
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin.accept.failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             _ = closing.cancelled() => return,
+        };
+        if !shared.runtime.load().config.admin.allows(client.ip()) {
+            refused(
+                &shared,
+                client,
+                None,
+                "client_not_allowed",
+                "not in admin.allow",
+            );
+            continue;
+        }
+        let Ok(admitted) =
+            connections.admit_within(client.ip().to_canonical(), MAX_CONNECTIONS, MAX_PER_CLIENT)
+        else {
+            refused(
+                &shared,
+                client,
+                None,
+                "too_many_connections",
+                "too many admin connections",
+            );
+            continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -36,9 +72,36 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, closing: Cancella
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(admitted);
         });
     }
 }
+
+/// An admin refusal's record: who, what, why.
+fn refused(
+    shared: &Shared,
+    client: SocketAddr,
+    req: Option<&Request<Incoming>>,
+    reason: &str,
+    detail: &str,
+) {
+    shared.audit.refusal(AuditEvent {
+        event: "admin",
+        client: Some(client.to_string()),
+        method: req.map(|r| r.method().to_string()),
+        path: req.map(|r| r.uri().path().chars().take(256).collect()),
+        decision: Some("deny"),
+        reason: Some(reason.to_string()),
+        detail: Some(detail.to_string()),
+        status: req.map(|_| 403),
+        ..AuditEvent::default()
+    });
+}
+
+/// The header `POST /reload` needs: a browser cannot send it cross-site without a CORS
+/// preflight, which this endpoint never grants, so a page open on an allowed host cannot
+/// make the gateway reload.
+pub const RELOAD_HEADER: &str = "x-passerelle-reload";
 
 async fn answer(
     shared: Arc<Shared>,
@@ -46,15 +109,18 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let runtime = shared.runtime.load_full();
-    if !runtime
-        .config
-        .policy
-        .client_allowed(&ClientInfo { addr: client })
-    {
+    if !runtime.config.admin.allows(client.ip()) {
+        refused(
+            &shared,
+            client,
+            Some(&req),
+            "client_not_allowed",
+            "not in admin.allow",
+        );
         return Ok(text(
             StatusCode::FORBIDDEN,
             "text/plain",
-            "client not in clients.allow\n".into(),
+            "client not in admin.allow\n".into(),
         ));
     }
     let response = match (req.method(), req.uri().path()) {
@@ -78,8 +144,22 @@ async fn answer(
             text(StatusCode::OK, "application/x-ns-proxy-autoconfig", pac)
         }
         (&Method::GET, "/flows") => text(StatusCode::OK, "application/json", flows_json(&shared)),
+        (&Method::POST, "/reload") if !req.headers().contains_key(RELOAD_HEADER) => {
+            refused(
+                &shared,
+                client,
+                Some(&req),
+                "reload_unconfirmed",
+                "POST /reload without the X-Passerelle-Reload header",
+            );
+            text(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "a reload needs the header X-Passerelle-Reload (curl -X POST -H 'X-Passerelle-Reload: 1' .../reload)\n".into(),
+            )
+        }
         (&Method::POST, "/reload") => {
-            shared.reload.notify_one();
+            let _ = shared.reload.send(client);
             text(
                 StatusCode::ACCEPTED,
                 "text/plain",
@@ -115,6 +195,10 @@ fn gauges(shared: &Shared) -> Gauges {
         connections_refused_per_client: shared
             .connections
             .refused_per_client
+            .load(std::sync::atomic::Ordering::Relaxed),
+        connections_refused_not_allowed: shared
+            .connections
+            .refused_not_allowed
             .load(std::sync::atomic::Ordering::Relaxed),
         audit_queued: shared.audit.queued(),
         audit_dropped: shared.audit.dropped(),

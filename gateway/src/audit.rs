@@ -76,6 +76,19 @@ struct LogShared {
     metrics: Arc<Metrics>,
     /// Set when shutdown's grace is over: what is cut then is cut by the shutdown.
     shutting_down: AtomicBool,
+    /// Connection-level refusals, per reason: a flood must not fill the disk.
+    throttle: Mutex<std::collections::HashMap<String, Bucket>>,
+}
+
+/// Connection-level refusals (before any request is read) are written at most this many per
+/// second per reason, after a burst; the next record written says how many it stands for.
+const REFUSALS_PER_SECOND: f64 = 20.0;
+const REFUSALS_BURST: f64 = 100.0;
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    folded: u64,
 }
 
 enum Msg {
@@ -108,6 +121,7 @@ impl AuditLog {
             queued: AtomicU64::new(0),
             metrics: Arc::default(),
             shutting_down: AtomicBool::new(false),
+            throttle: Mutex::default(),
         });
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -160,16 +174,59 @@ impl AuditLog {
         );
     }
 
-    /// A reload record (accepted or refused).
+    /// A refusal before any request was read (a connection limit, a client outside the
+    /// allow list): audited, but at most [`REFUSALS_PER_SECOND`] per reason after a burst.
+    /// Those folded are counted, and the next record written says how many it stands for.
+    pub fn refusal(&self, mut event: AuditEvent) {
+        let key = event.reason.clone().unwrap_or_default();
+        let folded = {
+            let mut buckets = self
+                .shared
+                .throttle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if buckets.len() > 256 {
+                buckets.retain(|_, b| b.folded > 0 || b.last.elapsed().as_secs() < 60);
+            }
+            let now = Instant::now();
+            let bucket = buckets.entry(key).or_insert(Bucket {
+                tokens: REFUSALS_BURST,
+                last: now,
+                folded: 0,
+            });
+            let refill = now.duration_since(bucket.last).as_secs_f64() * REFUSALS_PER_SECOND;
+            bucket.tokens = (bucket.tokens + refill).min(REFUSALS_BURST);
+            bucket.last = now;
+            if bucket.tokens < 1.0 {
+                bucket.folded += 1;
+                self.shared.metrics.refusal_folded();
+                return;
+            }
+            bucket.tokens -= 1.0;
+            std::mem::take(&mut bucket.folded)
+        };
+        if folded > 0 {
+            let detail = event.detail.take().unwrap_or_default();
+            event.detail = Some(format!(
+                "{detail}{}({folded} more like it since the last record, not written one by one)",
+                if detail.is_empty() { "" } else { " " }
+            ));
+        }
+        self.event(event);
+    }
+
+    /// A reload record (accepted or refused), naming who asked for it.
     pub fn reload(
         &self,
         accepted: bool,
         reason: Option<String>,
         before: &str,
         after: Option<&str>,
+        by: &str,
     ) {
         self.event(AuditEvent {
             event: "reload",
+            client: Some(by.to_string()),
             decision: Some(if accepted { "allow" } else { "deny" }),
             reason,
             digest_before: Some(before.to_string()),
@@ -372,12 +429,23 @@ impl Recorder {
         self.update(|e| e.route = Some(route.to_string()));
     }
 
+    /// A refusal; `flow`, when given, names the flow that matched partially (else the flow
+    /// already recorded stays).
     pub fn deny(&self, code: &str, detail: String, flow: Option<&str>) {
         self.update(|e| {
             e.decision = Some("deny");
-            e.flow = flow.map(str::to_string);
+            if let Some(flow) = flow {
+                e.flow = Some(flow.to_string());
+            }
             e.reason = Some(code.to_string());
             e.detail = Some(detail);
+        });
+    }
+
+    /// Words about how the request went, without a failure.
+    pub fn detail(&self, detail: &str) {
+        self.update(|e| {
+            e.detail.get_or_insert_with(|| detail.to_string());
         });
     }
 

@@ -59,6 +59,7 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     accept_tasks: Vec<JoinHandle<()>>,
     writer: AuditWriter,
+    reloads: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<SocketAddr>>,
 }
 
 impl Gateway {
@@ -83,7 +84,18 @@ impl Gateway {
                 })?;
             listeners.push(listener);
         }
+        let bound: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let loops =
+            upstream::loops_to_ourselves(&config.upstreams, &bound, config.limits.connect_timeout)
+                .await;
+        if !loops.is_empty() {
+            return Err(StartError::Parents(loops.join("\n")));
+        }
         let runtime = Runtime::new(config, None).map_err(StartError::Parents)?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             audit,
@@ -92,7 +104,7 @@ impl Gateway {
             origins: Pool::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
-            reload: tokio::sync::Notify::new(),
+            reload: reload_tx,
         });
         let closing = CancellationToken::new();
         let mut proxy_addrs = Vec::new();
@@ -133,6 +145,7 @@ impl Gateway {
             admin_addr,
             accept_tasks,
             writer,
+            reloads: tokio::sync::Mutex::new(reload_rx),
         })
     }
 
@@ -151,9 +164,12 @@ impl Gateway {
         self.admin_addr
     }
 
-    /// Resolves when the admin endpoint asks for a reload (`POST /reload`).
-    pub async fn reload_requested(&self) {
-        self.shared.reload.notified().await
+    /// Resolves when the admin endpoint asks for a reload (`POST /reload`), with who asked.
+    pub async fn reload_requested(&self) -> SocketAddr {
+        match self.reloads.lock().await.recv().await {
+            Some(by) => by,
+            None => std::future::pending().await,
+        }
     }
 
     /// The running configuration's digest.
@@ -161,15 +177,32 @@ impl Gateway {
         self.shared.runtime.load().config.digest.clone()
     }
 
-    /// Applies a reload: a valid configuration is swapped in whole (open tunnels keep
-    /// running; new requests see it), an invalid one is refused and the old one stays.
-    /// Either way the audit gets a record with the digests.
-    pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), String> {
+    /// Applies a reload asked for `by` (an admin client, `signal:SIGHUP`): a valid
+    /// configuration is swapped in whole (open tunnels keep running; new requests see it), an
+    /// invalid one is refused and the old one stays. Either way the audit gets a record with
+    /// the digests and who asked.
+    pub async fn reload(
+        &self,
+        loaded: Result<Config, ConfigError>,
+        by: &str,
+    ) -> Result<(), String> {
         let before = self.digest();
         let current = self.shared.runtime.load_full();
-        let outcome = loaded
-            .map_err(|e| e.to_string())
-            .and_then(|config| Runtime::new(config, Some(&current)));
+        let loaded = match loaded {
+            Ok(config) => {
+                let timeout = config.limits.connect_timeout;
+                let loops =
+                    upstream::loops_to_ourselves(&config.upstreams, &self.proxy_addrs, timeout)
+                        .await;
+                if loops.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(format!("invalid configuration:\n  {}", loops.join("\n  ")))
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let outcome = loaded.and_then(|config| Runtime::new(config, Some(&current)));
         match outcome {
             Ok(runtime) => {
                 if runtime.config.listen.proxy != current.config.listen.proxy {
@@ -178,14 +211,16 @@ impl Gateway {
                 let after = runtime.config.digest.clone();
                 self.shared.runtime.store(Arc::new(runtime));
                 self.shared.origins.clear();
-                self.shared.audit.reload(true, None, &before, Some(&after));
+                self.shared
+                    .audit
+                    .reload(true, None, &before, Some(&after), by);
                 tracing::info!(digest = %after, "reload.accepted");
                 Ok(())
             }
             Err(problems) => {
                 self.shared
                     .audit
-                    .reload(false, Some(problems.clone()), &before, None);
+                    .reload(false, Some(problems.clone()), &before, None, by);
                 tracing::error!("reload.refused: the running configuration stays\n{problems}");
                 Err(problems)
             }

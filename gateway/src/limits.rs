@@ -25,6 +25,7 @@ pub struct Connections {
     per_client: Mutex<HashMap<IpAddr, u32>>,
     pub refused_total: AtomicU64,
     pub refused_per_client: AtomicU64,
+    pub refused_not_allowed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub enum Refusal {
     Total,
     /// Over `limits.max_connections_per_client`: answered 503.
     PerClient,
+    /// Outside the allow list: closed before reading.
+    NotAllowed,
 }
 
 impl Refusal {
@@ -40,6 +43,7 @@ impl Refusal {
         match self {
             Refusal::Total => "too_many_connections",
             Refusal::PerClient => "client_connection_limit",
+            Refusal::NotAllowed => "client_not_allowed",
         }
     }
 }
@@ -56,14 +60,32 @@ impl Connections {
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Admitted, Refusal> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= limits.max_connections as usize {
+        self.admit_within(
+            ip,
+            limits.max_connections as usize,
+            limits.max_connections_per_client,
+        )
+    }
+
+    /// A client connection outside the allow list, closed at accept.
+    pub fn not_allowed(&self) {
+        self.refused_not_allowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn admit_within(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_client: u32,
+    ) -> Result<Admitted, Refusal> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             self.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Total);
         }
         let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
         let count = per_client.entry(ip).or_insert(0);
-        if *count >= limits.max_connections_per_client {
+        if *count >= max_per_client {
             drop(per_client);
             self.total.fetch_sub(1, Ordering::AcqRel);
             self.refused_per_client.fetch_add(1, Ordering::Relaxed);
@@ -91,5 +113,32 @@ impl Drop for Admitted {
                 per_client.remove(&self.ip);
             }
         }
+    }
+}
+
+/// `from + d`, saturating: validation bounds every configured duration, and no deadline
+/// computed from one may overflow the clock anyway.
+pub fn deadline<I>(from: I, d: std::time::Duration) -> I
+where
+    I: Copy + std::ops::Add<std::time::Duration, Output = I> + CheckedAdd,
+{
+    from.checked_add_duration(d)
+        .unwrap_or_else(|| from + std::time::Duration::from_secs(365 * 86_400))
+}
+
+/// The two clocks the gateway computes deadlines on.
+pub trait CheckedAdd: Sized {
+    fn checked_add_duration(&self, d: std::time::Duration) -> Option<Self>;
+}
+
+impl CheckedAdd for std::time::Instant {
+    fn checked_add_duration(&self, d: std::time::Duration) -> Option<Self> {
+        self.checked_add(d)
+    }
+}
+
+impl CheckedAdd for tokio::time::Instant {
+    fn checked_add_duration(&self, d: std::time::Duration) -> Option<Self> {
+        self.checked_add(d)
     }
 }

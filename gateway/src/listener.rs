@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditEvent;
+use passerelle_config::ClientInfo;
+
 use crate::connect::tune;
 use crate::limits::{Admitted, Refusal};
 use crate::service::{self, Shared};
@@ -31,7 +33,18 @@ pub async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: Cancell
         };
         match accepted {
             Ok((stream, client)) => {
-                let limits = shared.runtime.load().config.limits.clone();
+                let runtime = shared.runtime.load();
+                // Outside the allow list: no share of the connection budget, not even idle.
+                if !runtime
+                    .config
+                    .policy
+                    .client_allowed(&ClientInfo { addr: client })
+                {
+                    refuse(stream, client, Refusal::NotAllowed, &shared);
+                    continue;
+                }
+                let limits = runtime.config.limits.clone();
+                drop(runtime);
                 match shared
                     .connections
                     .admit(client.ip().to_canonical(), &limits)
@@ -59,13 +72,21 @@ pub async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: Cancell
     }
 }
 
-/// Over the total: closed before reading. Over the client's share: a short 503. Audited.
+/// Outside the allow list or over the total: closed before reading. Over the client's share:
+/// a short 503. Audited (a flood is folded into counts, see [`AuditLog::refusal`]).
+///
+/// [`AuditLog::refusal`]: crate::audit::AuditLog::refusal
 fn refuse(stream: TcpStream, client: SocketAddr, refusal: Refusal, shared: &Shared) {
-    shared.audit.event(AuditEvent {
+    if refusal == Refusal::NotAllowed {
+        shared.connections.not_allowed();
+    }
+    shared.audit.refusal(AuditEvent {
         event: "request",
         client: Some(client.to_string()),
         decision: Some("deny"),
         reason: Some(refusal.code().to_string()),
+        detail: (refusal == Refusal::NotAllowed)
+            .then(|| "not in clients.allow: closed at accept".to_string()),
         status: (refusal == Refusal::PerClient).then_some(503),
         ..AuditEvent::default()
     });
@@ -99,9 +120,14 @@ async fn serve(
     let served = Arc::new(AtomicBool::new(false));
     let service = {
         let (shared, served) = (shared.clone(), served.clone());
+        let conn = service::Connection {
+            client,
+            slot,
+            within: None,
+        };
         service_fn(move |req| {
             served.store(true, Ordering::Relaxed);
-            service::handle(shared.clone(), client, slot.clone(), req)
+            service::handle(shared.clone(), conn.clone(), req)
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()

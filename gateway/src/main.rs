@@ -161,15 +161,15 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("reload requested (SIGHUP)");
-                let _ = gateway.reload(load(path));
+                let _ = gateway.reload(load(path), "signal:SIGHUP").await;
             }
             _ = usr1.recv() => {
                 tracing::info!("reopening the audit file (SIGUSR1)");
                 gateway.reopen_audit();
             }
-            _ = gateway.reload_requested() => {
-                tracing::info!("reload requested (admin endpoint)");
-                let _ = gateway.reload(load(path));
+            by = gateway.reload_requested() => {
+                tracing::info!(%by, "reload requested (admin endpoint)");
+                let _ = gateway.reload(load(path), &by.to_string()).await;
             }
         }
     }
@@ -180,10 +180,22 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn check_config(path: Option<&Path>) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(e) => return report_problems(&e),
+    let (config, runtime) = match prepare(path) {
+        Ok(ready) => ready,
+        Err(code) => return code,
     };
+    let loops = runtime.block_on(passerelle_gateway::upstream::loops_to_ourselves(
+        &config.upstreams,
+        &config.listen.proxy,
+        config.limits.connect_timeout,
+    ));
+    if !loops.is_empty() {
+        eprintln!("passerelle: the configuration is not valid:");
+        for problem in loops {
+            eprintln!("  {problem}");
+        }
+        return ExitCode::from(2);
+    }
     let policy = &config.policy;
     let rows: Vec<[String; 4]> = policy
         .enabled_flows()
@@ -194,7 +206,7 @@ fn check_config(path: Option<&Path>) -> ExitCode {
                 .cloned()
                 .chain(f.ips.iter().map(|i| i.to_string()))
                 .collect();
-            let ports: Vec<String> = f.ports.iter().map(u16::to_string).collect();
+            let ports = port_ranges(&f.ports);
             let route = match f
                 .hosts
                 .first()
@@ -207,15 +219,16 @@ fn check_config(path: Option<&Path>) -> ExitCode {
                 Route::Direct => "direct".to_string(),
                 Route::Upstream => "upstream".to_string(),
             };
-            [f.id.clone(), names.join(", "), ports.join(", "), route]
+            [f.id.clone(), names.join(", "), ports, route]
         })
         .collect();
     let header = ["FLOW", "HOSTS", "PORTS", "ROUTE"].map(String::from);
+    // Padding stops at a sane width: a cell longer than that just runs on.
     let widths: Vec<usize> = (0..4)
         .map(|i| {
             rows.iter()
                 .chain(std::iter::once(&header))
-                .map(|r| r[i].chars().count())
+                .map(|r| r[i].chars().count().min(60))
                 .max()
                 .unwrap_or(0)
         })
@@ -258,6 +271,32 @@ fn check_config(path: Option<&Path>) -> ExitCode {
     }
     println!("Configuration is valid (digest {}).", &config.digest[..16]);
     ExitCode::SUCCESS
+}
+
+/// `80, 443, 8000-8100`: consecutive ports as ranges.
+fn port_ranges(ports: &[u16]) -> String {
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if end > start + 1 {
+            format!("{start}-{end}")
+        } else if end == start + 1 {
+            format!("{start}, {end}")
+        } else {
+            start.to_string()
+        });
+        i += 1;
+    }
+    parts.join(", ")
 }
 
 fn hash_password() -> ExitCode {

@@ -14,6 +14,7 @@ pub struct Metrics {
     counters: Mutex<Counters>,
     pub tunnels_active: AtomicI64,
     idle_closed: AtomicU64,
+    refusals_folded: AtomicU64,
 }
 
 #[derive(Default)]
@@ -31,6 +32,7 @@ pub struct Gauges {
     pub connections_open: usize,
     pub connections_refused_total: u64,
     pub connections_refused_per_client: u64,
+    pub connections_refused_not_allowed: u64,
     pub audit_queued: u64,
     pub audit_dropped: u64,
     /// (parent url, state, handshakes, auth failures)
@@ -50,10 +52,11 @@ impl Metrics {
             *c.reloads.entry(result).or_default() += 1;
             return;
         }
-        let kind = match event.method.as_deref() {
-            Some("CONNECT") => "connect",
-            Some(_) => "forward",
-            None => "connection",
+        let kind = match (event.event, event.method.as_deref()) {
+            ("admin", _) => "admin",
+            (_, Some("CONNECT")) => "connect",
+            (_, Some(_)) => "forward",
+            (_, None) => "connection",
         };
         let decision = event.decision.unwrap_or("deny");
         let route = match event.route.as_deref() {
@@ -79,6 +82,11 @@ impl Metrics {
     /// A keep-alive connection closed after its requests for being idle (not a refusal).
     pub fn idle_connection_closed(&self) {
         self.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection-level refusal not written one by one (the audit's flood guard).
+    pub fn refusal_folded(&self) {
+        self.refusals_folded.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn tunnel_opened(&self) {
@@ -193,6 +201,11 @@ impl Metrics {
             "passerelle_client_connections_refused_total{{limit=\"per_client\"}} {}",
             gauges.connections_refused_per_client
         );
+        let _ = writeln!(
+            out,
+            "passerelle_client_connections_refused_total{{limit=\"not_allowed\"}} {}",
+            gauges.connections_refused_not_allowed
+        );
         header(
             &mut out,
             "passerelle_parent_up",
@@ -256,6 +269,17 @@ impl Metrics {
             out,
             "passerelle_audit_dropped_total {}",
             gauges.audit_dropped
+        );
+        header(
+            &mut out,
+            "passerelle_audit_refusals_folded_total",
+            "counter",
+            "Connection-level refusals counted in a later record instead of one each (flood guard).",
+        );
+        let _ = writeln!(
+            out,
+            "passerelle_audit_refusals_folded_total {}",
+            self.refusals_folded.load(Ordering::Relaxed)
         );
         header(
             &mut out,

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::Recorder;
 use crate::body::Direction;
 use crate::connect::BoxedIo;
+use crate::limits::deadline;
 use crate::sni::{self, Hello};
 
 /// How a tunnel runs: its idle timeout, and the SNI check on a flow's TLS port.
@@ -165,8 +166,8 @@ async fn supervise(
                 Err(e) if is_reset(&e) => None,
                 Err(_) => Some("relay_error"),
             },
-            _ = tokio::time::sleep_until(last + idle) => {
-                if meter.last_activity() + idle <= Instant::now() {
+            _ = tokio::time::sleep_until(deadline(last, idle)) => {
+                if deadline(meter.last_activity(), idle) <= Instant::now() {
                     return Some("idle_timeout");
                 }
             }

@@ -34,19 +34,31 @@ use crate::upstream::{Parents, Timeouts};
 pub struct Runtime {
     pub config: Config,
     pub parents: Parents,
-    pub limiter: RateLimiter,
+    pub limiter: Arc<RateLimiter>,
 }
 
 impl Runtime {
     /// What `config` runs on; parents whose settings `previous` shares keep what was learnt.
+    /// The rate limiter carries its buckets over when the limits did not change: a reload
+    /// must not hand every client a fresh burst.
     pub fn new(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
+        let limits = &config.limits;
+        let limiter = match previous {
+            Some(p)
+                if p.config.limits.requests_per_second == limits.requests_per_second
+                    && p.config.limits.burst == limits.burst =>
+            {
+                p.limiter.clone()
+            }
+            _ => Arc::new(rate_limiter(limits)),
+        };
         Ok(Runtime {
             parents: Parents::new(
                 &config.upstreams,
                 &config.listen.via,
                 previous.map(|r| &r.parents),
             )?,
-            limiter: rate_limiter(&config.limits),
+            limiter,
             config,
         })
     }
@@ -71,26 +83,39 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown's grace period is over: tunnels end, records are written.
     pub stop: CancellationToken,
-    /// Notified by the admin endpoint's `POST /reload`.
-    pub reload: tokio::sync::Notify,
+    /// The admin endpoint's `POST /reload`, with the client that asked.
+    pub reload: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
 }
 
-/// One request from `client`, whose connection holds `slot` in the connection limits.
+/// A client connection as the request path sees it.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: SocketAddr,
+    /// Its place in the connection limits; a tunnel keeps a share of it until it closes.
+    pub slot: Arc<Admitted>,
+    /// Inside a CONNECT to a plain-HTTP port: the one target its requests may have.
+    pub within: Option<Target>,
+}
+
+/// One request on `conn`.
 pub async fn handle(
     shared: Arc<Shared>,
-    client: SocketAddr,
-    slot: Arc<Admitted>,
+    conn: Connection,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let runtime = shared.runtime.load_full();
-    let record = shared.audit.start(client, req.method().as_str()).await;
+    let record = shared.audit.start(conn.client, req.method().as_str()).await;
     let has_body = !req.body().is_end_stream();
-    let response = match proxy(&shared, &runtime, client, slot, req, &record).await {
+    let response = match proxy(&shared, &runtime, &conn, req, &record).await {
         Ok(response) => response,
         Err(error) => {
             match &error {
                 GatewayError::Denied { reason, .. } => {
                     record.deny(reason.code(), reason.to_string(), reason.flow())
+                }
+                // Refused by policy after the decision (a name resolving inside): a refusal.
+                other if other.status() == http::StatusCode::FORBIDDEN => {
+                    record.deny(other.code(), other.to_string(), None)
                 }
                 other => record.fail(other.code(), other.to_string()),
             }
@@ -110,16 +135,16 @@ pub async fn handle(
 
 /// The design's decision order: target, admission, loop, allow-then-route, then the relay.
 async fn proxy(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     runtime: &Runtime,
-    client: SocketAddr,
-    slot: Arc<Admitted>,
+    conn: &Connection,
     req: Request<Incoming>,
     record: &Recorder,
 ) -> Result<Response<Body>, GatewayError> {
     let policy = &runtime.config.policy;
-    let client = ClientInfo { addr: client };
-    let target = request_target(&req, runtime.config.limits.max_uri_bytes);
+    let client = ClientInfo { addr: conn.client };
+    let max_uri = runtime.config.limits.max_uri_bytes;
+    let target = request_target(&req, max_uri, conn.within.as_ref());
     if let Ok(target) = &target {
         record.target(target, scheme(target), path(&req));
     }
@@ -139,9 +164,59 @@ async fn proxy(
     };
     record.allow(&flow.id, route);
     match target.kind {
-        Kind::Connect => tunnel(shared, runtime, slot, req, &target, &flow, route, record).await,
+        Kind::Connect if flow.http_ports.contains(&target.port) => {
+            http_inside(shared, conn, req, target, record)
+        }
+        Kind::Connect => {
+            let slot = conn.slot.clone();
+            tunnel(shared, runtime, slot, req, &target, &flow, route, record).await
+        }
         Kind::Forward => forward(shared, runtime, req, &target, &flow, route, record).await,
     }
+}
+
+/// CONNECT to a flow's plain-HTTP port (Node's undici sends `http://` URLs that way): the
+/// tunnel is served as HTTP, each request inside decided, rewritten (`Host` from the target)
+/// and audited as if it had been forwarded, with the CONNECT's target as its only target. An
+/// opaque tunnel there would let another `Host` reach a CDN-hosted name (domain fronting).
+fn http_inside(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    mut req: Request<Incoming>,
+    target: Target,
+    record: &Recorder,
+) -> Result<Response<Body>, GatewayError> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let limits = shared.runtime.load().config.limits.clone();
+    let inner = Connection {
+        within: Some(Target {
+            kind: Kind::Forward,
+            ..target
+        }),
+        ..conn.clone()
+    };
+    let (shared, record) = (shared.clone(), record.clone());
+    let stop = shared.stop.clone();
+    shared.clone().tracker.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            record.reason("client_gone");
+            return;
+        };
+        record.detail("served as HTTP inside the tunnel: one record per request");
+        let service =
+            hyper::service::service_fn(move |req| handle(shared.clone(), inner.clone(), req));
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes as usize)
+            .serve_connection(upgraded, service);
+        tokio::select! {
+            _ = served => {}
+            _ = stop.cancelled() => record.reason("shutdown"),
+        }
+        drop(record);
+    });
+    Ok(Response::new(empty()))
 }
 
 /// Who may ask, how much, how big: the client's network, its request rate, the head size.
@@ -360,25 +435,37 @@ async fn connect_direct(
     Ok(connect_any(&addrs, timeout, Hop::Origin).await?)
 }
 
-/// The target of a proxy request: CONNECT's authority, or an absolute `http://` URI.
-fn request_target<B>(req: &Request<B>, max_uri: u32) -> Result<Target, GatewayError> {
+/// The target of a proxy request: CONNECT's authority, or an absolute `http://` URI; inside a
+/// CONNECT to a plain-HTTP port, that CONNECT's target (origin-form requests, or absolute-form
+/// ones naming that same target).
+fn request_target<B>(
+    req: &Request<B>,
+    max_uri: u32,
+    within: Option<&Target>,
+) -> Result<Target, GatewayError> {
     let uri = req.uri();
     let length = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
     if length > max_uri as usize {
         return Err(GatewayError::UriTooLong(max_uri));
     }
+    if req.method() == Method::TRACE {
+        return Err(GatewayError::MethodNotAllowed(Method::TRACE));
+    }
     let kind = if req.method() == Method::CONNECT {
+        if within.is_some() {
+            return Err(GatewayError::BadRequest(
+                "CONNECT inside a tunnel is refused".to_string(),
+            ));
+        }
         Kind::Connect
     } else {
-        if req.method() == Method::TRACE {
-            return Err(GatewayError::MethodNotAllowed(Method::TRACE));
-        }
-        match uri.scheme_str() {
-            None => return Err(GatewayError::OriginForm),
-            Some("http") => {}
-            Some("https") => return Err(GatewayError::HttpsForward),
-            Some(other) => {
+        match (uri.scheme_str(), within) {
+            (None, Some(within)) => return Ok(within.clone()),
+            (None, None) => return Err(GatewayError::OriginForm),
+            (Some("http"), _) => {}
+            (Some("https"), None) => return Err(GatewayError::HttpsForward),
+            (Some(other), _) => {
                 return Err(GatewayError::BadRequest(format!(
                     "the {other}:// scheme is not proxied"
                 )))
@@ -394,8 +481,7 @@ fn request_target<B>(req: &Request<B>, max_uri: u32) -> Result<Target, GatewayEr
             "URLs with user information are refused".to_string(),
         ));
     }
-    let port = match (authority.port_u16(), kind) {
-        (Some(0), _) => return Err(GatewayError::BadRequest("port 0 is not a port".to_string())),
+    let port = match (explicit_port(authority.as_str())?, kind) {
         (Some(port), _) => port,
         (None, Kind::Forward) => 80,
         (None, Kind::Connect) => {
@@ -406,7 +492,35 @@ fn request_target<B>(req: &Request<B>, max_uri: u32) -> Result<Target, GatewayEr
     };
     let host =
         Host::parse(authority.host()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    Ok(Target { host, port, kind })
+    let target = Target { host, port, kind };
+    match within {
+        Some(within) if (&within.host, within.port) != (&target.host, target.port) => {
+            Err(GatewayError::BadRequest(format!(
+                "inside a CONNECT to {within}, requests go to {within} only, not {target}"
+            )))
+        }
+        _ => Ok(target),
+    }
+}
+
+/// The port written in an authority: `None` when there is none (or it is empty, RFC 3986
+/// §3.2.3), an error when it is not a port (`:8o`, `:65536`, `:0`): never the default.
+fn explicit_port(authority: &str) -> Result<Option<u16>, GatewayError> {
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end + 1..],
+        None => authority,
+    };
+    match after_host.rsplit_once(':') {
+        None | Some((_, "")) => Ok(None),
+        Some((_, written)) => match written.parse::<u16>() {
+            Ok(port) if port != 0 && written.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(port)),
+            _ => Err(GatewayError::BadRequest(format!(
+                "{:.64} is not a port (in {:.256})",
+                format!("{written:?}"),
+                authority
+            ))),
+        },
+    }
 }
 
 fn scheme(target: &Target) -> &'static str {

@@ -64,7 +64,9 @@ fn append(path: &PathBuf) -> std::io::Result<std::fs::File> {
 pub fn format_line(event: &AuditEvent, format: AuditFormat, out: &mut Vec<u8>) {
     match format {
         AuditFormat::Json => {
+            let start = out.len();
             if serde_json::to_writer(&mut *out, event).is_ok() {
+                escape_line_separators(out, start);
                 out.push(b'\n');
             }
         }
@@ -74,6 +76,48 @@ pub fn format_line(event: &AuditEvent, format: AuditFormat, out: &mut Vec<u8>) {
             out.extend_from_slice(line.as_bytes());
         }
     }
+}
+
+/// JSON allows U+0085, U+2028 and U+2029 raw inside strings, and some log tools split lines
+/// on them: written as `\uXXXX` escapes, the record stays one line for everyone.
+fn escape_line_separators(out: &mut Vec<u8>, start: usize) {
+    let tail = &out[start..];
+    let has = tail
+        .windows(2)
+        .any(|w| w == [0xc2, 0x85] || (w[0] == 0xe2 && w[1] == 0x80));
+    if !has {
+        return;
+    }
+    let text = String::from_utf8_lossy(tail).into_owned();
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                escaped.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => escaped.push(c),
+        }
+    }
+    out.truncate(start);
+    out.extend_from_slice(escaped.as_bytes());
+}
+
+/// A request-derived field for a space-separated line: every byte outside printable ASCII
+/// (controls, space, and all of non-ASCII: NEL, NBSP, U+2028…) percent-encoded, as Squid
+/// does for URLs, so that no field can split the line or forge another record.
+fn squid_field(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'%') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if (0x21..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Squid's native access.log format:
@@ -128,10 +172,14 @@ fn squid_line(e: &AuditEvent, line: &mut String) {
     let (secs, millis) = (e.started_ms / 1000, e.started_ms % 1000);
     let _ = writeln!(
         line,
-        "{secs}.{millis:03} {:>6} {client} {action}/{:03} {} {method} {url} - {hierarchy} -",
+        "{secs}.{millis:03} {:>6} {} {action}/{:03} {} {} {} - {} -",
         e.duration_ms,
+        squid_field(client),
         e.status.unwrap_or(0),
-        e.bytes_down
+        e.bytes_down,
+        squid_field(method),
+        squid_field(&url),
+        squid_field(&hierarchy),
     );
 }
 
@@ -222,5 +270,59 @@ impl Write for Syslog {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn squid(event: &AuditEvent) -> String {
+        let mut out = Vec::new();
+        format_line(event, AuditFormat::Squid, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn squid_lines_cannot_be_split_or_forged() {
+        let event = AuditEvent {
+            event: "request",
+            client: Some("10.0.0.5:4000".into()),
+            method: Some("GET".into()),
+            host: Some("covotem.esante-centre.fr".into()),
+            port: Some(80),
+            path: Some("/a\u{2028}1.2 10.6.6.6 TCP_MISS/200\u{85}x\u{a0}y %z\n".into()),
+            decision: Some("allow"),
+            route: Some("direct".into()),
+            status: Some(200),
+            ..AuditEvent::default()
+        };
+        let line = squid(&event);
+        assert_eq!(line.lines().count(), 1, "{line:?}");
+        assert!(line.is_ascii(), "{line:?}");
+        assert!(
+            line.contains("http://covotem.esante-centre.fr/a%E2%80%A81.2%2010.6.6.6%20TCP_MISS/200%C2%85x%C2%A0y%20%25z%0A"),
+            "{line}"
+        );
+        assert_eq!(
+            line.split(' ').filter(|f| !f.is_empty()).count(),
+            10,
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_lines_escape_unicode_line_separators() {
+        let event = AuditEvent {
+            event: "request",
+            path: Some("/a\u{2028}b\u{2029}c\u{85}d".into()),
+            ..AuditEvent::default()
+        };
+        let mut out = Vec::new();
+        format_line(&event, AuditFormat::Json, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains(r"/a\u2028b\u2029c\u0085d"), "{line}");
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["path"], "/a\u{2028}b\u{2029}c\u{85}d");
     }
 }

@@ -30,7 +30,7 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
 ) -> Hello {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::limits::deadline(tokio::time::Instant::now(), timeout);
     let mut pending = std::mem::take(seen);
     loop {
         if pending.is_empty() {

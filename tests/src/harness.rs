@@ -419,3 +419,40 @@ impl Running {
         panic!("passerelle did not stop within 10 s");
     }
 }
+
+/// A metric's value from the Prometheus text at `admin` (`http://ip:port`), e.g.
+/// `metric(admin, "passerelle_tunnels_active")` or with labels in the name as exposed.
+pub async fn metric(admin: &str, series: &str) -> Option<f64> {
+    let text = curl(&[&format!("{admin}/metrics")]).await.body;
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits (bounded) until `series` at `admin` equals `value`.
+pub async fn wait_metric(admin: &str, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = metric(admin, series).await;
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {now:?}, waited for {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all ours), to
+/// play a client with another address.
+pub async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(from), 0).into())?;
+    socket.connect(to).await
+}

@@ -309,3 +309,86 @@ pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("address")
 }
+
+/// An origin whose kept-alive connections die after reading their second request, without
+/// answering it: the gateway's pooled connection breaks *after* the request reached the
+/// origin. The first request on each connection gets `200` with `Content-Length`. Every
+/// request read is logged as `METHOD path`.
+pub struct FlakyOrigin {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl FlakyOrigin {
+    pub async fn start() -> FlakyOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    for n in 1.. {
+                        let Some((line, length)) = read_request(&mut stream).await else {
+                            return;
+                        };
+                        let mut body = vec![0u8; length];
+                        if stream.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let mut words = line.split_whitespace();
+                        let method = words.next().unwrap_or("").to_string();
+                        let target = words.next().unwrap_or("").to_string();
+                        log.lock().expect("log").push(format!("{method} {target}"));
+                        if n >= 2 {
+                            return;
+                        }
+                        let body = format!("answer {n}");
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FlakyOrigin { addr, seen }
+    }
+
+    /// The requests read so far, `METHOD path`.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("log").clone()
+    }
+}
+
+/// A request line and its `Content-Length` (0 when absent), or `None` at the end.
+async fn read_request(
+    stream: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> Option<(String, usize)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    if stream.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        if stream.read_line(&mut header).await.ok()? == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            return Some((line.trim_end().to_string(), length));
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+    }
+}

@@ -6,6 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::limits::deadline;
+
 /// Time, injectable so the back-off and cool-down rules can be tested without waiting.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
@@ -121,7 +123,7 @@ impl Health {
         let now = self.clock.now();
         let mut inner = self.inner();
         let was_down = inner.down_until.is_some_and(|t| t > now);
-        inner.down_until = Some(now + self.cooldown);
+        inner.down_until = Some(deadline(now, self.cooldown));
         if was_down {
             Change::None
         } else {
@@ -157,7 +159,7 @@ impl Health {
     pub fn refused(&self) {
         let now = self.clock.now();
         let mut inner = self.inner();
-        inner.backoff_until = Some(now + self.backoff);
+        inner.backoff_until = Some(deadline(now, self.backoff));
         inner.proven = false;
     }
 

@@ -175,6 +175,42 @@ impl Parents {
     }
 }
 
+/// Parents that are this gateway: their name (or address) resolves to one of `listeners`
+/// (a listener on every address counts for each local address). Each is a proxy loop; the
+/// `Via` sent on CONNECT catches the others at the first hop. A name that does not resolve
+/// now is not reported here: failover deals with it.
+pub async fn loops_to_ourselves(
+    upstreams: &[Upstream],
+    listeners: &[std::net::SocketAddr],
+    timeout: Duration,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        let Ok(addrs) = crate::connect::lookup(&u.host, u.port, timeout).await else {
+            continue;
+        };
+        let ours = addrs.iter().find(|a| {
+            let ip = a.ip().to_canonical();
+            listeners.iter().any(|l| {
+                l.port() == a.port()
+                    && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_local(ip)))
+            })
+        });
+        if let Some(addr) = ours {
+            problems.push(format!(
+                "upstream[{i}].url: {} resolves to {addr}, one of Passerelle's own listeners (a proxy loop)",
+                u.url
+            ));
+        }
+    }
+    problems
+}
+
+/// An address of this host: one a socket can be bound to.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// Probes every parent that has been quiet for its `health_interval` (TCP, and TLS for
 /// https://; no request, no credentials), and says every five minutes which are still down.
 pub async fn watch(parents: impl Fn() -> Arc<crate::service::Runtime>, closing: CancellationToken) {

@@ -539,7 +539,7 @@ impl Parent {
         verdict: Option<&mut Option<Turn>>,
     ) -> Result<Response<Incoming>, Failure> {
         tokio::pin!(sent);
-        let deadline = tokio::time::Instant::now() + bound;
+        let deadline = crate::limits::deadline(tokio::time::Instant::now(), bound);
         if let Some(turn @ Some(_)) = verdict {
             tokio::select! {
                 result = &mut sent => return result.map_err(Failure::from),

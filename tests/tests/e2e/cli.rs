@@ -85,6 +85,51 @@ fn check_config_reports_every_problem_with_its_key_path() {
 }
 
 #[test]
+fn check_config_survives_hostile_but_valid_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.toml");
+    // Thousands of ports once made the table's column width overflow (a panic, exit 101).
+    let ports: Vec<String> = (1000..6000).map(|p| p.to_string()).collect();
+    std::fs::write(
+        &file,
+        format!(
+            "[[flows]]\nid = \"wide\"\nhosts = [\"wide.chu.local\"]\nports = [{}, 7000, 7002]\n",
+            ports.join(", ")
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check_config(&file, &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("1000-5999, 7000, 7002"), "{stdout}");
+}
+
+#[test]
+fn durations_are_bounded_and_cidrs_have_no_host_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("long.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nidle_timeout = \"300000000000years\"\nconnect_timeout = \"2h\"\n\
+         [clients]\nallow = [\"10.20.30.1/24\"]\n\
+         [[flows]]\nid = \"f\"\nhosts = [\"f.chu.local\"]\nports = [443]\nidle_timeout = \"9999d\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = check_config(&file, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        "limits.idle_timeout:",
+        "limits.connect_timeout: \"2h\" is longer than the most this key takes (10m)",
+        "flows[0].idle_timeout: \"9999d\" is longer than the most this key takes (7days)",
+        "clients.allow[0]: \"10.20.30.1/24\" has host bits set: did you mean 10.20.30.0/24?",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn the_printed_default_and_every_deploy_example_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(passerelle_bin())

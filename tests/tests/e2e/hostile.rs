@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use passerelle_tests::harness::{curl, load_config, raw_exchange, TestGateway};
-use passerelle_tests::origin::{HttpOrigin, TlsOrigin};
+use passerelle_tests::harness::{
+    connect_from, curl, load_config, metric, raw_exchange, wait_metric, Running, TestGateway,
+};
+use passerelle_tests::origin::{FlakyOrigin, HttpOrigin, TlsOrigin};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -99,6 +101,11 @@ fn table() -> Vec<Case> {
         case("documented IP, IPv4-mapped", connect("[::ffff:164.138.243.158]:443"), 200, Some("client_gone")),
         case("name with a trailing dot and capitals", connect("COVOTEM.esante-centre.fr.:443"), 200, Some("client_gone")),
         case("percent-encoded host", connect("covotem%2eesante-centre.fr:443"), 400, Some("malformed_request")),
+        // Ports are what is written, or a 400: never the default in disguise.
+        case("a port with a letter", "GET http://origin.test:8o/ HTTP/1.1\r\nHost: origin.test\r\n\r\n", 400, Some("bad_request")),
+        case("a port over 65535", "GET http://origin.test:65536/ HTTP/1.1\r\nHost: origin.test\r\n\r\n", 400, Some("bad_request")),
+        case("a signed port", "GET http://origin.test:+80/ HTTP/1.1\r\nHost: origin.test\r\n\r\n", 400, Some("bad_request")),
+        case("CONNECT to a port over 65535", connect("covotem.esante-centre.fr:65979"), 400, Some("bad_request")),
     ]
 }
 
@@ -533,7 +540,7 @@ async fn a_tunnel_survives_a_reload_that_removes_its_flow() {
     tunnel.write_all(b"before ").await.unwrap();
 
     let invalid = load_config("[limits]\nburst = 0\n", &gw.dir, &[]);
-    assert!(gw.gateway().reload(invalid).is_err());
+    assert!(gw.gateway().reload(invalid, "test").await.is_err());
     let still = raw_exchange(
         gw.addr,
         b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n",
@@ -545,7 +552,7 @@ async fn a_tunnel_survives_a_reload_that_removes_its_flow() {
     );
 
     let without = load_config("", &gw.dir, &[]);
-    gw.gateway().reload(without).unwrap();
+    gw.gateway().reload(without, "test").await.unwrap();
     let refused = raw_exchange(
         gw.addr,
         b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n",
@@ -595,4 +602,464 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
         "closed after {:?}",
         started.elapsed()
     );
+}
+
+// ---- Findings of the hostile review (issue 9), each failing before its fix. ----
+
+/// A gateway with the admin listener; returns it and the admin base URL.
+async fn with_admin(config: &str) -> (TestGateway, String) {
+    let gw =
+        TestGateway::start_with_env(config, &[("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")]).await;
+    let admin = format!("http://{}", gw.gateway().admin_addr().unwrap());
+    (gw, admin)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_hold_their_client_connection_slot() {
+    let peer = passerelle_tests::origin::half_close_peer().await;
+    let (gw, admin) = with_admin(&format!(
+        "[[flows]]\nid = \"raw\"\nhosts = [\"raw.test\"]\nports = [7000]\n\
+         [resolve]\nconnect_to = [\"raw.test:7000={peer}\"]\n\
+         [limits]\nmax_connections_per_client = 3\nmax_connections = 5\n"
+    ))
+    .await;
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        tunnels.push(open_tunnel(&gw, "raw.test:7000").await);
+    }
+    wait_metric(&admin, "passerelle_tunnels_active", 3.0).await;
+    assert_eq!(
+        metric(&admin, "passerelle_client_connections").await,
+        Some(3.0),
+        "open tunnels are not counted as client connections"
+    );
+    let fourth = raw_exchange(
+        gw.addr,
+        b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n",
+    )
+    .await;
+    assert!(
+        fourth.starts_with("HTTP/1.1 503"),
+        "a fourth tunnel: {fourth:?}"
+    );
+    // A tunnel that closes gives its slot back.
+    let mut first = tunnels.remove(0);
+    first.shutdown().await.unwrap();
+    let mut rest = String::new();
+    first.read_to_string(&mut rest).await.unwrap();
+    wait_metric(&admin, "passerelle_client_connections", 2.0).await;
+    let again = open_tunnel(&gw, "raw.test:7000").await;
+    drop(again);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssrf_refusal_is_recorded_as_a_refusal() {
+    let origin = HttpOrigin::start().await;
+    let port = origin.addr.port();
+    let flow = format!(
+        "[[flows]]\nid = \"lan\"\nhosts = [\"localhost\", \"six-to-four.test\", \"siit.test\"]\nports = [{port}]\n"
+    );
+    let (gw, admin) = with_admin(&flow).await;
+    let r = curl(&["-x", &gw.proxy(), &format!("http://localhost:{port}/")]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let rec = gw.record_for("localhost").await;
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    assert_eq!(rec["reason"], "internal_address", "{rec}");
+    assert_eq!(rec["flow"], "lan", "{rec}");
+    let m = curl(&[&format!("{admin}/metrics")]).await.body;
+    assert!(
+        m.contains("passerelle_requests_total{kind=\"forward\",decision=\"deny\",route=\"direct\",flow=\"lan\"} 1"),
+        "{m}"
+    );
+    // Names resolving to IPv6 forms that embed a loopback address (a resolver of the test's
+    // own, in a private mount namespace).
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::with_env(dir.path(), &flow, &[])
+        .closed_dns(&[
+            ("six-to-four.test", "2002:7f00:1::1".parse().unwrap()),
+            ("siit.test", "::ffff:0:7f00:1".parse().unwrap()),
+        ])
+        .start()
+        .await;
+    for host in ["six-to-four.test", "siit.test"] {
+        let r = curl(&["-x", &gw.proxy(), &format!("http://{host}:{port}/")]).await;
+        assert_eq!(r.status, 403, "{host}: {r:?}");
+    }
+    let records = passerelle_tests::harness::wait_records(&gw.audit, 2).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["decision"] == "deny" && r["reason"] == "internal_address"),
+        "{records:?}"
+    );
+    gw.stop().await;
+    assert_eq!(origin.connections(), 0, "the origin was reached");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_may_have_reached_the_origin_is_not_sent_twice() {
+    let origin = FlakyOrigin::start().await;
+    let gw = TestGateway::start(&format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"flaky.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"flaky.test:80={}\"]\n",
+        origin.addr
+    ))
+    .await;
+    // Each case: a first GET leaves a pooled connection; the next request dies on it after
+    // the origin read it.
+    for (method, body, resent) in [
+        ("DELETE", None, false),
+        ("POST", None, false),
+        ("PATCH", Some("x"), false),
+        ("GET", None, true),
+    ] {
+        let first = format!("/first-{method}");
+        let r = curl(&["-x", &gw.proxy(), &format!("http://flaky.test{first}")]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let path = format!("/{method}");
+        let mut args = vec!["-x".to_string(), gw.proxy(), "-X".into(), method.into()];
+        if let Some(body) = body {
+            args.extend(["-d".into(), body.into()]);
+        }
+        args.push(format!("http://flaky.test{path}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = curl(&args).await;
+        let times = origin
+            .seen()
+            .iter()
+            .filter(|s| **s == format!("{method} {path}"))
+            .count();
+        if resent {
+            assert_eq!(times, 2, "a safe request is retried on a new connection");
+            assert_eq!(r.status, 200, "{r:?}");
+        } else {
+            assert_eq!(times, 1, "{method} reached the origin {times} times");
+            assert_eq!(r.status, 502, "{method}: {r:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_checks_clients_at_accept_caps_connections_and_audits() {
+    let (gw, admin) = with_admin("[admin]\nallow = [\"127.0.0.2/32\"]\n").await;
+    let admin_addr = gw.gateway().admin_addr().unwrap();
+    // From 127.0.0.1: closed at accept, audited.
+    let refused = curl(&[&format!("{admin}/metrics")]).await;
+    assert_eq!(refused.status, 0, "{refused:?}");
+    let rec = gw.records(1).await;
+    let rec = rec
+        .iter()
+        .find(|r| r["event"] == "admin")
+        .expect("an admin record");
+    assert_eq!(rec["decision"], "deny");
+    assert_eq!(rec["reason"], "client_not_allowed");
+    assert!(
+        rec["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{rec}"
+    );
+
+    // From 127.0.0.2: allowed, but capped: idle sockets beyond the cap are closed, and the
+    // proxy listener still accepts.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(connect_from([127, 0, 0, 2], admin_addr).await.unwrap());
+    }
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 4,
+        "only {closed} of 20 idle admin connections were refused"
+    );
+    let r = curl(&["-x", &gw.proxy(), "http://evil.example/"]).await;
+    assert_eq!(r.status, 403, "the proxy stopped accepting: {r:?}");
+}
+
+/// Sends a raw request from 127.0.0.2 and returns the answer.
+async fn exchange_from(addr: SocketAddr, request: &str) -> String {
+    let mut s = connect_from([127, 0, 0, 2], addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_needs_its_header_names_its_client_and_keeps_the_rate_buckets() {
+    let config =
+        "[admin]\nallow = [\"127.0.0.2/32\"]\n[limits]\nrequests_per_second = 1\nburst = 3\n";
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = passerelle_tests::harness::free_port();
+    let gw = Running::with_env(
+        dir.path(),
+        config,
+        &[(
+            "PASSERELLE__LISTEN__ADMIN",
+            &format!("127.0.0.1:{admin_port}"),
+        )],
+    )
+    .start()
+    .await;
+    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    passerelle_tests::harness::wait_listening(admin_addr).await;
+    // A page on a workstation could post text/plain cross-site: refused without the header.
+    let forged = exchange_from(
+        admin_addr,
+        "POST /reload HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    )
+    .await;
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    // Use up the burst, then reload with the header: the limiter is not reset.
+    for _ in 0..3 {
+        curl(&["-x", &gw.proxy(), "http://evil.example/"]).await;
+    }
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://evil.example/"])
+            .await
+            .status,
+        429
+    );
+    let ok = exchange_from(
+        admin_addr,
+        "POST /reload HTTP/1.1\r\nHost: x\r\nX-Passerelle-Reload: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
+    let records = passerelle_tests::harness::wait_records(&gw.audit, 7).await;
+    let reload = records
+        .iter()
+        .find(|r| r["event"] == "reload")
+        .expect("a reload record");
+    assert!(
+        reload["client"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.2:"),
+        "{reload}"
+    );
+    let refusal = records
+        .iter()
+        .find(|r| r["reason"] == "reload_unconfirmed")
+        .expect("the forged reload was audited");
+    assert_eq!(refusal["decision"], "deny");
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://evil.example/"])
+            .await
+            .status,
+        429,
+        "a reload handed out a fresh burst"
+    );
+    gw.signal("HUP");
+    let records = passerelle_tests::harness::wait_records(&gw.audit, 10).await;
+    let by_signal = records.iter().filter(|r| r["event"] == "reload").nth(1);
+    assert_eq!(
+        by_signal.map(|r| r["client"].clone()),
+        Some("signal:SIGHUP".into())
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_outside_the_allow_list_get_no_connection_budget() {
+    let origin = HttpOrigin::start().await;
+    let (gw, admin) = with_admin(&format!(
+        "[clients]\nallow = [\"127.0.0.2/32\"]\n[admin]\nallow = [\"127.0.0.1/32\"]\n[limits]\nmax_connections = 4\nmax_connections_per_client = 4\n\
+         [[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"origin.test:80={}\"]\n",
+        origin.addr
+    ))
+    .await;
+    // Ten idle sockets from a host that is not allowed: each closed at accept.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    wait_metric(
+        &admin,
+        "passerelle_client_connections_refused_total{limit=\"not_allowed\"}",
+        10.0,
+    )
+    .await;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "not closed: {n:?}");
+    }
+    // The allowed client still has the whole budget.
+    let answer = exchange_from(
+        gw.addr,
+        "GET http://origin.test/ok HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let records = gw.records(2).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["reason"] == "client_not_allowed" && r["decision"] == "deny"),
+        "{records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn squid_lines_cannot_be_forged_with_unicode_separators() {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start_with_env(
+        &format!(
+            "[[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"origin.test:80={}\"]\n",
+            origin.addr
+        ),
+        &[("PASSERELLE__AUDIT__FORMAT", "squid")],
+    )
+    .await;
+    // No ASCII space: NBSP, NEL and U+2028 do the splitting for a Unicode-aware parser.
+    let forged = "GET http://origin.test/a\u{2028}1.0\u{a0}6.6.6.6\u{a0}TCP_MISS/200\u{85}b HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(gw.addr, forged.as_bytes()).await;
+    let dir = gw.shutdown().await;
+    let log = std::fs::read(dir.path().join("audit.jsonl")).unwrap();
+    let text = String::from_utf8_lossy(&log);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the forged URL was not forwarded: {answer}"
+    );
+    assert!(log.is_ascii(), "non-ASCII reached the Squid line: {text:?}");
+    assert!(
+        text.contains("/a%E2%80%A81.0%C2%A06.6.6.6%C2%A0TCP_MISS/200%C2%85b"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(!text.contains("6.6.6.6 "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_to_a_plain_http_port_is_served_as_http_inside() {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start(&format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"origin.test:80={}\"]\n",
+        origin.addr
+    ))
+    .await;
+    let mut tunnel = open_tunnel(&gw, "origin.test:80").await;
+    // Inside: another Host (domain fronting) is rewritten to the CONNECT's target.
+    tunnel
+        .write_all(b"GET /inside?q=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 16384];
+    let n = tokio::time::timeout(Duration::from_secs(10), tunnel.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let seen: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["headers"]["host"][0], "origin.test", "{seen}");
+    // Absolute-form toward another host inside the tunnel: refused.
+    tunnel
+        .write_all(b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), tunnel.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"));
+    drop(tunnel);
+    let records = gw.stop().await;
+    let inside = records
+        .iter()
+        .find(|r| r["path"] == "/inside")
+        .expect("a record for the request inside the tunnel");
+    assert_eq!(inside["method"], "GET");
+    assert_eq!(inside["decision"], "allow");
+    assert_eq!(inside["status"], 200);
+    assert!(records
+        .iter()
+        .any(|r| r["method"] == "CONNECT" && r["port"] == 80));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_that_is_ourselves_is_refused_and_connect_carries_via() {
+    let port = passerelle_tests::harness::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("loop.toml");
+    std::fs::write(
+        &file,
+        format!("[[upstream]]\nurl = \"http://localhost:{port}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(passerelle_tests::harness::passerelle_bin())
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("one of Passerelle's own listeners"),
+        "{stderr}"
+    );
+
+    // Two gateways that are each other's parent: the CONNECT carries Via, the second one
+    // sees its own token and stops it (no recursion until the rate limiter bites).
+    let second_port = passerelle_tests::harness::free_port();
+    let first = TestGateway::start(&format!(
+        "[routing]\ndefault = \"upstream\"\nbypass_covotem_server = false\n[[upstream]]\nurl = \"http://127.0.0.1:{second_port}\"\n"
+    ))
+    .await;
+    let second = TestGateway::start_with_env(
+        &format!(
+            "[routing]\ndefault = \"upstream\"\nbypass_covotem_server = false\n[[upstream]]\nurl = \"http://{}\"\n",
+            first.addr
+        ),
+        &[("PASSERELLE__LISTEN__PROXY", &format!("127.0.0.1:{second_port}"))],
+    )
+    .await;
+    let r = raw_exchange(
+        first.addr,
+        b"CONNECT covotem.esante-centre.fr:443 HTTP/1.1\r\nHost: covotem.esante-centre.fr:443\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    let at_second = second.stop().await;
+    assert_eq!(at_second.len(), 1, "{at_second:?}");
+    assert_eq!(at_second[0]["reason"], "loop");
+    let at_first = first.stop().await;
+    assert_eq!(at_first.len(), 1, "{at_first:?}");
+    assert_eq!(at_first[0]["reason"], "parent_refused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keep_alive_connection_going_idle_is_not_a_refusal() {
+    let origin = HttpOrigin::start().await;
+    let (gw, admin) = with_admin(&format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"origin.test:80={}\"]\n[limits]\nheader_timeout = \"1s\"\n",
+        origin.addr
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    wait_metric(&admin, "passerelle_idle_connections_closed_total", 1.0).await;
+    let records = gw.records(1).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "an idle keep-alive close was audited: {records:?}"
+    );
+    assert_eq!(records[0]["decision"], "allow");
+    // A connection that never sent a head is still a refusal.
+    let _silent = TcpStream::connect(gw.addr).await.unwrap();
+    let records = gw.records(2).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1]["decision"], "deny");
+    assert_eq!(records[1]["reason"], "header_timeout");
 }

@@ -84,7 +84,16 @@ async fn metrics_health_and_flows() {
     );
     assert_eq!(flows["routing"]["default"], "direct");
 
-    let reload = curl(&["-X", "POST", &format!("{admin}/reload")]).await;
+    let unconfirmed = curl(&["-X", "POST", &format!("{admin}/reload")]).await;
+    assert_eq!(unconfirmed.status, 403, "{unconfirmed:?}");
+    let reload = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "X-Passerelle-Reload: 1",
+        &format!("{admin}/reload"),
+    ])
+    .await;
     assert_eq!(reload.status, 202);
     tokio::time::timeout(Duration::from_secs(5), gw.gateway().reload_requested())
         .await

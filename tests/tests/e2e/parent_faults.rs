@@ -78,7 +78,7 @@ async fn a_large_post_first_after_start_and_after_reload_arrives_whole() {
     assert_eq!(got["body_fnv"], fnv.as_str());
 
     let reloaded = load_config(&config, &gw.dir, &[("PW", USER.2)]);
-    gw.gateway().reload(reloaded).unwrap();
+    gw.gateway().reload(reloaded, "test").await.unwrap();
     let r = post(&gw.proxy(), &file, &url).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
@@ -126,7 +126,7 @@ async fn squid_demanding_ntlm_gets_100k_and_3m_posts_on_fresh_connections() {
         assert_eq!(json(&r.body)["body_fnv"], fnv.as_str(), "{size} bytes");
         // Then one on a fresh connection to a parent whose scheme is known.
         let reloaded = load_config(&config, &gw.dir, &[("PW", USER.2)]);
-        gw.gateway().reload(reloaded).unwrap();
+        gw.gateway().reload(reloaded, "test").await.unwrap();
         let r = post(&gw.proxy(), &file, &url).await;
         assert_eq!(r.status, 200, "{size} bytes after a reload: {r:?}");
         assert_eq!(json(&r.body)["body_fnv"], fnv.as_str());
