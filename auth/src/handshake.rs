@@ -1,12 +1,14 @@
 //! The proxy-authentication state machine for one parent connection: which
 //! `Proxy-Authorization` to send on each leg, given the parent's 407 challenges. Sans I/O:
-//! the gateway sends the requests and feeds back what came back.
+//! the gateway sends the requests and feeds back what came back; Negotiate's tokens come from
+//! a [`Negotiator`], whose calls may block (see [`Handshake::may_block`]).
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::challenge::{describe, Challenge, Scheme};
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, Secret};
+use crate::negotiate::{NegotiateError, Negotiator, SecurityContext};
 use crate::ntlm::{self, NtlmError};
 
 /// `auth` in an `[[upstream]]` entry.
@@ -15,7 +17,10 @@ pub enum AuthMode {
     None,
     Basic,
     Ntlm,
-    /// The strongest scheme the parent offers among those we speak: NTLM, then Basic.
+    /// Kerberos through SPNEGO.
+    Negotiate,
+    /// The strongest scheme the parent offers that the credentials allow: Negotiate, then
+    /// NTLM, then Basic.
     Auto,
 }
 
@@ -25,6 +30,7 @@ impl AuthMode {
             "none" => Some(AuthMode::None),
             "basic" => Some(AuthMode::Basic),
             "ntlm" => Some(AuthMode::Ntlm),
+            "negotiate" => Some(AuthMode::Negotiate),
             "auto" => Some(AuthMode::Auto),
             _ => None,
         }
@@ -37,6 +43,7 @@ impl fmt::Display for AuthMode {
             AuthMode::None => "none",
             AuthMode::Basic => "basic",
             AuthMode::Ntlm => "ntlm",
+            AuthMode::Negotiate => "negotiate",
             AuthMode::Auto => "auto",
         })
     }
@@ -47,8 +54,8 @@ impl fmt::Display for AuthMode {
 pub enum AuthError {
     #[error("the parent demands authentication ({offered}) but auth = \"none\" for it")]
     NotConfigured { offered: String },
-    #[error("the parent offers {offered}; Passerelle speaks NTLM and Basic")]
-    Unsupported { offered: String },
+    #[error("the parent offers {offered}; with these credentials Passerelle speaks {usable}")]
+    Unsupported { offered: String, usable: String },
     #[error("auth = \"{wanted}\" but the parent offers {offered}")]
     SchemeNotOffered { wanted: AuthMode, offered: String },
     #[error("the parent answered the NTLM negotiation without a challenge")]
@@ -57,6 +64,8 @@ pub enum AuthError {
     Ntlm(#[from] NtlmError),
     #[error("parent refused the gateway's credentials (it offers {offered})")]
     Rejected { offered: String },
+    #[error(transparent)]
+    Kerberos(#[from] NegotiateError),
 }
 
 impl AuthError {
@@ -67,6 +76,7 @@ impl AuthError {
             | AuthError::Unsupported { .. }
             | AuthError::SchemeNotOffered { .. } => "parent_auth_unsupported",
             AuthError::NoChallenge | AuthError::Ntlm(_) => "parent_auth_protocol",
+            AuthError::Kerberos(e) => e.code,
         }
     }
 
@@ -84,6 +94,7 @@ impl AuthError {
                 | AuthError::NotConfigured { .. }
                 | AuthError::Unsupported { .. }
                 | AuthError::SchemeNotOffered { .. }
+                | AuthError::Kerberos(_)
         )
     }
 }
@@ -101,6 +112,12 @@ pub struct Handshake {
     mode: AuthMode,
     credentials: Option<Arc<Credentials>>,
     workstation: Arc<str>,
+    negotiator: Option<Arc<dyn Negotiator>>,
+    /// `negotiate_fallback = "ntlm"`: NTLM when Kerberos fails on our side.
+    fallback_ntlm: bool,
+    context: Option<Box<dyn SecurityContext>>,
+    /// Kerberos already failed on our side on this connection: not tried twice.
+    negotiate_failed: Option<NegotiateError>,
     state: State,
     scheme: Option<Scheme>,
     /// The last header answered the parent's token on this connection (NTLM's Type 3).
@@ -117,19 +134,66 @@ impl Handshake {
             mode,
             credentials,
             workstation,
+            negotiator: None,
+            fallback_ntlm: false,
+            context: None,
+            negotiate_failed: None,
             state: State::Start,
             scheme: None,
             bound: false,
         }
     }
 
+    /// Kerberos for Negotiate, and whether NTLM may stand in when it fails on our side.
+    pub fn with_negotiator(
+        mut self,
+        negotiator: Option<Arc<dyn Negotiator>>,
+        fallback_ntlm: bool,
+    ) -> Self {
+        self.negotiator = negotiator;
+        self.fallback_ntlm = fallback_ntlm;
+        self
+    }
+
+    /// Whether the next call may block (Negotiate may ask the KDC for tickets): then the
+    /// caller runs it off its async runtime.
+    pub fn may_block(&self) -> bool {
+        self.negotiator.is_some()
+    }
+
     /// The header for the first leg. `known` is the scheme this parent demanded before
     /// (credentials go only to a parent that has asked for them); `None` sends nothing.
     pub fn first_header(&mut self, known: Option<&Scheme>) -> Result<Option<String>, AuthError> {
         match known {
-            Some(scheme) if self.mode != AuthMode::None => self.start(scheme.clone()).map(Some),
+            Some(scheme) if self.mode != AuthMode::None => {
+                match self.start(scheme.clone(), &[]) {
+                    // Kerberos failed on our side; whether NTLM may stand in depends on what
+                    // the parent offers: its 407 will say.
+                    Err(AuthError::Kerberos(e)) if e.local && self.fallback_ntlm => {
+                        self.negotiate_failed = Some(e);
+                        Ok(None)
+                    }
+                    other => other.map(Some),
+                }
+            }
             _ => Ok(None),
         }
+    }
+
+    /// The parent accepted: a final Negotiate token, when it sent one, is verified.
+    pub fn finish(&mut self, challenges: &[Challenge]) -> Result<(), AuthError> {
+        let Some(context) = self.context.as_mut() else {
+            return Ok(());
+        };
+        let token = challenges
+            .iter()
+            .find(|c| c.scheme == Scheme::Negotiate)
+            .and_then(|c| c.token.as_deref());
+        if let Some(token) = token {
+            let token = decode(token)?;
+            context.step(&token)?;
+        }
+        Ok(())
     }
 
     /// The scheme in use, once chosen: what the gateway remembers for the next connection.
@@ -161,7 +225,7 @@ impl Handshake {
             State::Start => {
                 let scheme = self.choose(challenges)?;
                 tracing::debug!(offered = %offered, chosen = %scheme, "parent.auth.challenge");
-                self.start(scheme)
+                self.start(scheme, challenges)
             }
             State::SentNegotiate => {
                 let token = challenges
@@ -188,6 +252,26 @@ impl Handshake {
                     ntlm::authenticate(creds, &type2, &self.workstation)?
                 ))
             }
+            State::SentCredentials if self.scheme == Some(Scheme::Negotiate) => {
+                // A continuation token asks for another leg on this connection; a bare
+                // `Negotiate` is a refusal.
+                let token = challenges
+                    .iter()
+                    .find(|c| c.scheme == Scheme::Negotiate)
+                    .and_then(|c| c.token.as_deref());
+                let (Some(token), Some(context)) = (token, self.context.as_mut()) else {
+                    tracing::debug!(offered = %offered, leg = "negotiate", "parent.auth.rejected");
+                    return Err(AuthError::Rejected { offered });
+                };
+                let token = decode(token)?;
+                match context.step(&token)? {
+                    Some(next) => {
+                        self.bound = true;
+                        Ok(format!("Negotiate {}", encode(&next)))
+                    }
+                    None => Err(AuthError::Rejected { offered }),
+                }
+            }
             State::SentCredentials => {
                 tracing::debug!(offered = %offered, leg = "credentials", "parent.auth.rejected");
                 Err(AuthError::Rejected { offered })
@@ -205,16 +289,21 @@ impl Handshake {
             }
             AuthMode::Ntlm => Scheme::Ntlm,
             AuthMode::Basic => Scheme::Basic,
+            AuthMode::Negotiate => Scheme::Negotiate,
             AuthMode::Auto => {
-                return if offered(Scheme::Ntlm) {
-                    Ok(Scheme::Ntlm)
-                } else if offered(Scheme::Basic) {
-                    Ok(Scheme::Basic)
-                } else {
-                    Err(AuthError::Unsupported {
+                let usable = self.usable();
+                return usable
+                    .iter()
+                    .find(|s| offered((*s).clone()))
+                    .cloned()
+                    .ok_or_else(|| AuthError::Unsupported {
                         offered: describe(challenges),
-                    })
-                }
+                        usable: usable
+                            .iter()
+                            .map(Scheme::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
             }
         };
         if offered(wanted.clone()) {
@@ -227,13 +316,56 @@ impl Handshake {
         }
     }
 
-    fn start(&mut self, scheme: Scheme) -> Result<String, AuthError> {
+    /// The schemes these credentials allow, strongest first.
+    fn usable(&self) -> Vec<Scheme> {
+        let mut schemes = Vec::new();
+        if self.negotiator.is_some() {
+            schemes.push(Scheme::Negotiate);
+        }
+        if let Some(creds) = &self.credentials {
+            schemes.push(Scheme::Ntlm);
+            if matches!(creds.secret(), Secret::Password(_)) {
+                schemes.push(Scheme::Basic);
+            }
+        }
+        schemes
+    }
+
+    fn start(&mut self, scheme: Scheme, challenges: &[Challenge]) -> Result<String, AuthError> {
+        self.bound = false;
+        if scheme == Scheme::Negotiate {
+            let failed = match self.negotiate_failed.take() {
+                Some(failed) => failed,
+                None => {
+                    let negotiator = self.negotiator.clone().ok_or(AuthError::NotConfigured {
+                        offered: "Negotiate".to_string(),
+                    })?;
+                    match negotiator.begin() {
+                        Ok((context, token)) => {
+                            self.context = Some(context);
+                            self.state = State::SentCredentials;
+                            self.scheme = Some(Scheme::Negotiate);
+                            return Ok(format!("Negotiate {}", encode(&token)));
+                        }
+                        Err(e) => e,
+                    }
+                }
+            };
+            let ntlm_offered = challenges.iter().any(|c| c.scheme == Scheme::Ntlm);
+            if failed.local && self.fallback_ntlm && ntlm_offered && self.credentials.is_some() {
+                tracing::warn!(
+                    error = %failed,
+                    "parent.auth.negotiate.fallback: Kerberos failed on our side; NTLM instead, as negotiate_fallback = \"ntlm\" allows"
+                );
+                return self.start(Scheme::Ntlm, challenges);
+            }
+            return Err(failed.into());
+        }
         let offered = scheme.to_string();
         let creds = self
             .credentials
             .as_deref()
             .ok_or(AuthError::NotConfigured { offered })?;
-        self.bound = false;
         let header = match scheme {
             Scheme::Ntlm => {
                 self.state = State::SentNegotiate;
@@ -247,6 +379,24 @@ impl Handshake {
         self.scheme = Some(scheme);
         Ok(header)
     }
+}
+
+fn encode(token: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(token)
+}
+
+fn decode(token: &str) -> Result<Vec<u8>, AuthError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .map_err(|_| {
+            AuthError::Kerberos(NegotiateError {
+                code: "parent_auth_protocol",
+                detail: "the parent's Negotiate token is not base64".to_string(),
+                local: false,
+            })
+        })
 }
 
 /// RFC 7617: `Basic base64(user-id ":" password)`, UTF-8. The user-id carries the domain as
@@ -331,7 +481,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the parent offers Negotiate, Digest; Passerelle speaks NTLM and Basic"
+            "the parent offers Negotiate, Digest; with these credentials Passerelle speaks NTLM, Basic"
         );
         let mut h = Handshake::new(AuthMode::Ntlm, c.clone(), ws());
         let err = h
@@ -369,5 +519,154 @@ mod tests {
         assert!(first.starts_with("Basic "));
         let mut h = Handshake::new(AuthMode::None, None, ws());
         assert_eq!(h.first_header(Some(&Scheme::Basic)).unwrap(), None);
+    }
+
+    /// A negotiator that answers from a script: what the real Kerberos gives is tested end to
+    /// end against a KDC; here, the state machine around it.
+    struct Scripted {
+        begin: Result<Vec<u8>, NegotiateError>,
+        continuation: Option<Vec<u8>>,
+    }
+
+    struct ScriptedContext(Option<Vec<u8>>);
+
+    impl SecurityContext for ScriptedContext {
+        fn step(&mut self, token: &[u8]) -> Result<Option<Vec<u8>>, NegotiateError> {
+            if token == b"bad" {
+                return Err(NegotiateError {
+                    code: "kerberos_bad_token",
+                    detail: "bad".into(),
+                    local: false,
+                });
+            }
+            Ok(self.0.take())
+        }
+    }
+
+    impl Negotiator for Scripted {
+        fn begin(&self) -> Result<(Box<dyn SecurityContext>, Vec<u8>), NegotiateError> {
+            let token = self.begin.clone()?;
+            Ok((Box::new(ScriptedContext(self.continuation.clone())), token))
+        }
+        fn spn(&self) -> &str {
+            "HTTP@parent.test"
+        }
+    }
+
+    fn kerberos(begin: Result<Vec<u8>, NegotiateError>) -> Option<Arc<dyn Negotiator>> {
+        Some(Arc::new(Scripted {
+            begin,
+            continuation: Some(b"second".to_vec()),
+        }))
+    }
+
+    fn local_failure() -> NegotiateError {
+        NegotiateError {
+            code: "kerberos_kdc_unreachable",
+            detail: "no KDC".into(),
+            local: true,
+        }
+    }
+
+    #[test]
+    fn auto_prefers_negotiate_and_continues_on_the_same_connection() {
+        let c = creds();
+        let mut h = Handshake::new(AuthMode::Auto, c, ws())
+            .with_negotiator(kerberos(Ok(b"first".to_vec())), false);
+        assert!(h.may_block());
+        let first = h
+            .on_challenge(&parse_challenges([
+                "NTLM",
+                "Negotiate",
+                "Basic realm=\"x\"",
+            ]))
+            .unwrap();
+        assert_eq!(first, "Negotiate Zmlyc3Q=");
+        assert_eq!(h.scheme(), Some(&Scheme::Negotiate));
+        assert!(h.sent_credentials() && !h.awaits_challenge());
+        let next = h
+            .on_challenge(&parse_challenges(["Negotiate c2VydmVy"]))
+            .unwrap();
+        assert_eq!(next, "Negotiate c2Vjb25k");
+        assert!(h.is_connection_bound());
+        // A bare Negotiate after our token is a refusal.
+        let err = h
+            .on_challenge(&parse_challenges(["Negotiate"]))
+            .unwrap_err();
+        assert!(err.is_rejection(), "{err}");
+    }
+
+    #[test]
+    fn a_final_token_is_verified_when_present_not_required() {
+        let mut h = Handshake::new(AuthMode::Negotiate, None, ws())
+            .with_negotiator(kerberos(Ok(b"t".to_vec())), false);
+        h.first_header(Some(&Scheme::Negotiate)).unwrap().unwrap();
+        h.finish(&[]).unwrap();
+        h.finish(&parse_challenges(["Negotiate b2s="])).unwrap();
+        let err = h.finish(&parse_challenges(["Negotiate YmFk"])).unwrap_err();
+        assert_eq!(err.code(), "kerberos_bad_token");
+    }
+
+    #[test]
+    fn kerberos_failures_keep_their_code_and_back_off() {
+        let failure = NegotiateError {
+            code: "kerberos_preauth_failed",
+            detail: "Preauthentication failed".into(),
+            local: false,
+        };
+        let mut h = Handshake::new(AuthMode::Negotiate, creds(), ws())
+            .with_negotiator(kerberos(Err(failure)), true);
+        let err = h
+            .on_challenge(&parse_challenges(["Negotiate", "NTLM"]))
+            .unwrap_err();
+        assert_eq!(err.code(), "kerberos_preauth_failed");
+        assert!(err.backs_off());
+        // Not a local failure: no NTLM fallback, whatever the setting (a wrong password
+        // would fail there too, and count twice toward the lockout).
+    }
+
+    #[test]
+    fn ntlm_stands_in_only_when_allowed_and_offered() {
+        let mut h = Handshake::new(AuthMode::Negotiate, creds(), ws())
+            .with_negotiator(kerberos(Err(local_failure())), false);
+        let err = h
+            .on_challenge(&parse_challenges(["Negotiate", "NTLM"]))
+            .unwrap_err();
+        assert_eq!(err.code(), "kerberos_kdc_unreachable");
+
+        let mut h = Handshake::new(AuthMode::Negotiate, creds(), ws())
+            .with_negotiator(kerberos(Err(local_failure())), true);
+        let next = h
+            .on_challenge(&parse_challenges(["Negotiate", "NTLM"]))
+            .unwrap();
+        assert!(next.starts_with("NTLM TlRMTVNTUAAB"), "{next}");
+        assert_eq!(h.scheme(), Some(&Scheme::Ntlm));
+
+        // Known to want Negotiate: the first leg goes without a header, and the 407's offer
+        // decides, without asking the KDC twice.
+        let mut h = Handshake::new(AuthMode::Negotiate, creds(), ws())
+            .with_negotiator(kerberos(Err(local_failure())), true);
+        assert_eq!(h.first_header(Some(&Scheme::Negotiate)).unwrap(), None);
+        let next = h
+            .on_challenge(&parse_challenges(["Negotiate", "NTLM"]))
+            .unwrap();
+        assert!(next.starts_with("NTLM "), "{next}");
+    }
+
+    #[test]
+    fn auto_with_an_nt_hash_never_picks_basic() {
+        let c = Some(Arc::new(
+            Credentials::new(
+                "CHU\\svc",
+                None,
+                Secret::parse_nt_hash("a4f49c406510bdcab6824ee7c30fd852").unwrap(),
+            )
+            .unwrap(),
+        ));
+        let mut h = Handshake::new(AuthMode::Auto, c, ws());
+        let err = h
+            .on_challenge(&parse_challenges(["Basic realm=\"x\""]))
+            .unwrap_err();
+        assert_eq!(err.code(), "parent_auth_unsupported");
     }
 }

@@ -99,12 +99,36 @@ pub struct Upstream {
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
     pub auth: AuthMode,
+    /// For NTLM and Basic.
     pub credentials: Option<Credentials>,
+    /// For Negotiate: set with `auth = "negotiate"`, or `auto` with Kerberos credentials.
+    pub kerberos: Option<Kerberos>,
     pub workstation: String,
     pub auth_backoff: Duration,
     pub down_cooldown: Duration,
     /// A parent quiet for this long gets a health probe (TCP, TLS).
     pub health_interval: Duration,
+}
+
+/// The gateway's Kerberos identity toward a parent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kerberos {
+    /// `user@REALM`; `None`: the keytab's or the credential cache's own.
+    pub principal: Option<String>,
+    pub source: KerberosSource,
+    /// The parent's service, `HTTP@host`.
+    pub spn: String,
+    /// `negotiate_fallback = "ntlm"`: NTLM when Kerberos fails on our side.
+    pub fallback_ntlm: bool,
+}
+
+/// Where the Kerberos credentials come from, in the order of preference.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KerberosSource {
+    Keytab(PathBuf),
+    Password(passerelle_auth::Secret),
+    /// The process's credential cache (`KRB5CCNAME`).
+    Cache,
 }
 
 /// Static name-to-address overrides, consulted before DNS.

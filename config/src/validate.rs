@@ -501,7 +501,17 @@ fn upstream(
     }
     let (host, port) = match split_host_port(authority) {
         Some((h, port)) => (h, port),
-        None => (authority, Some(if tls { 443 } else { 3128 })),
+        None => {
+            p.add(
+                format!("{path}.url"),
+                format!(
+                    "{:?} has no port, and a proxy has no default one: write it (e.g. {}:8080)",
+                    u.url,
+                    u.url.trim_end_matches('/')
+                ),
+            );
+            (authority, Some(1))
+        }
     };
     let port = port.unwrap_or_else(|| {
         p.add(format!("{path}.url"), format!("{:?} has a bad port", u.url));
@@ -532,7 +542,10 @@ fn upstream(
     let auth = AuthMode::parse(&u.auth).unwrap_or_else(|| {
         p.add(
             format!("{path}.auth"),
-            format!("{:?} is not an auth mode (none, basic, ntlm, auto)", u.auth),
+            format!(
+                "{:?} is not an auth mode (none, basic, ntlm, negotiate, auto)",
+                u.auth
+            ),
         );
         AuthMode::None
     });
@@ -575,6 +588,7 @@ fn upstream(
     } else {
         None
     };
+    let kerberos = kerberos(u, path, auth, &host, secret.as_ref(), p);
     let credentials = match (&u.user, secret) {
         (Some(user), Some(secret)) => Credentials::new(user, u.domain.as_deref(), secret)
             .map_err(|e| p.add(format!("{path}.user"), e.to_string()))
@@ -583,7 +597,7 @@ fn upstream(
             p.add(format!("{path}.user"), "a secret is given but no user");
             None
         }
-        (Some(_), None) if sources == 0 => {
+        (Some(_), None) if sources == 0 && kerberos.is_none() => {
             p.add(
                 path.to_string(),
                 "user is set but no password_env, password_file or nt_hash_file",
@@ -592,10 +606,16 @@ fn upstream(
         }
         _ => None,
     };
-    if auth != AuthMode::None && u.user.is_none() {
+    if auth != AuthMode::None && credentials.is_none() && kerberos.is_none() && u.user.is_none() {
         p.add(
             format!("{path}.user"),
             format!("auth = \"{auth}\" needs a user and a secret"),
+        );
+    }
+    if kerberos.as_ref().is_some_and(|k| k.fallback_ntlm) && credentials.is_none() {
+        p.add(
+            format!("{path}.negotiate_fallback"),
+            "\"ntlm\" needs NTLM credentials: a user with password_env, password_file or nt_hash_file",
         );
     }
     if auth == AuthMode::Basic && u.nt_hash_file.is_some() {
@@ -633,6 +653,7 @@ fn upstream(
         ca_file: u.ca_file.as_ref().map(PathBuf::from),
         auth,
         credentials,
+        kerberos,
         workstation: u
             .workstation
             .clone()
@@ -640,6 +661,118 @@ fn upstream(
         auth_backoff,
         down_cooldown,
         health_interval,
+    })
+}
+
+/// The Kerberos identity for `auth = "negotiate"`, or `auto` with Kerberos credentials (a
+/// keytab, a `user@REALM`, or an explicit `spn`).
+fn kerberos(
+    u: &RawUpstream,
+    path: &str,
+    auth: AuthMode,
+    host: &Host,
+    secret: Option<&Secret>,
+    p: &mut Problems,
+) -> Option<crate::Kerberos> {
+    let principal_form = u.user.as_deref().is_some_and(|user| user.contains('@'));
+    let wanted = match auth {
+        AuthMode::Negotiate => true,
+        AuthMode::Auto => u.keytab_file.is_some() || principal_form || u.spn.is_some(),
+        _ => {
+            for (key, set) in [
+                ("keytab_file", u.keytab_file.is_some()),
+                ("spn", u.spn.is_some()),
+                ("negotiate_fallback", u.negotiate_fallback.is_some()),
+            ] {
+                if set {
+                    p.add(
+                        format!("{path}.{key}"),
+                        format!(
+                            "is for Kerberos: auth = \"negotiate\" or \"auto\", not \"{auth}\""
+                        ),
+                    );
+                }
+            }
+            false
+        }
+    };
+    if !wanted {
+        return None;
+    }
+    let source = if let Some(file) = &u.keytab_file {
+        if let Err(e) = std::fs::File::open(file) {
+            p.add(
+                format!("{path}.keytab_file"),
+                format!("cannot read the keytab {file}: {e}"),
+            );
+        }
+        crate::KerberosSource::Keytab(PathBuf::from(file))
+    } else {
+        match secret {
+            Some(secret @ Secret::Password(_)) => crate::KerberosSource::Password(secret.clone()),
+            Some(Secret::NtHash(_)) => {
+                if auth == AuthMode::Negotiate {
+                    p.add(
+                        format!("{path}.nt_hash_file"),
+                        "Kerberos needs the password itself (password_env, password_file) or a keytab (keytab_file), not an NT hash",
+                    );
+                }
+                return None;
+            }
+            None => crate::KerberosSource::Cache,
+        }
+    };
+    // Realms are upper case (AD's always are); `CHU\svc` has no realm: the default one.
+    let principal = u.user.as_deref().map(|user| match user.rsplit_once('@') {
+        Some((name, realm)) => format!("{name}@{}", realm.to_ascii_uppercase()),
+        None => user.rsplit('\\').next().unwrap_or(user).to_string(),
+    });
+    let spn = match (&u.spn, host) {
+        (Some(spn), _) => {
+            let spn = spn.trim().replacen('/', "@", 1);
+            let valid = spn.split_once('@').is_some_and(|(service, host)| {
+                !service.is_empty()
+                    && service
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && matches!(Host::parse(host), Ok(Host::Name(_)))
+            });
+            if !valid {
+                p.add(
+                    format!("{path}.spn"),
+                    format!("{spn:?} must be service@host, e.g. HTTP@proxy1.chu.local"),
+                );
+            }
+            spn
+        }
+        (None, Host::Name(name)) => format!("HTTP@{name}"),
+        (None, Host::Ip(ip)) => {
+            p.add(
+                format!("{path}.spn"),
+                format!(
+                    "the parent is given by its address {ip}, and Kerberos names services by host \
+                     name: set spn = \"HTTP@<the proxy's name>\" (or write the name in url)"
+                ),
+            );
+            String::new()
+        }
+    };
+    let fallback_ntlm = match u.negotiate_fallback.as_deref() {
+        None | Some("none") => false,
+        Some("ntlm") => true,
+        Some(other) => {
+            p.add(
+                format!("{path}.negotiate_fallback"),
+                format!("{other:?} is not a fallback (none, ntlm)"),
+            );
+            false
+        }
+    };
+    Some(crate::Kerberos {
+        principal,
+        source,
+        spn,
+        fallback_ntlm,
     })
 }
 

@@ -211,7 +211,11 @@ fn gauges(shared: &Shared) -> Gauges {
                 (
                     p.url.clone(),
                     p.learnt.health.state().as_str(),
-                    p.learnt.handshakes.load(o),
+                    [
+                        p.learnt.handshakes[0].load(o),
+                        p.learnt.handshakes[1].load(o),
+                        p.learnt.handshakes[2].load(o),
+                    ],
                     p.learnt.auth_failures.load(o),
                 )
             })

@@ -140,8 +140,12 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
         .iter()
         .map(|a| a.to_string())
         .collect();
+    let admin = gateway
+        .admin_addr()
+        .map(|a| format!("admin on {a}; "))
+        .unwrap_or_default();
     tracing::info!(
-        "passerelle listening on {}; flows on: {}; route: {}{}",
+        "passerelle listening on {}; {admin}flows on: {}; route: {}{}",
         listening.join(", "),
         flows.join(", "),
         route,

@@ -35,8 +35,8 @@ pub struct Gauges {
     pub connections_refused_not_allowed: u64,
     pub audit_queued: u64,
     pub audit_dropped: u64,
-    /// (parent url, state, handshakes, auth failures)
-    pub parents: Vec<(String, &'static str, u64, u64)>,
+    /// (parent url, state, handshakes by scheme: Basic, NTLM, Negotiate, auth failures)
+    pub parents: Vec<(String, &'static str, [u64; 3], u64)>,
 }
 
 impl Metrics {
@@ -226,14 +226,16 @@ impl Metrics {
             &mut out,
             "passerelle_parent_handshakes_total",
             "counter",
-            "Successful authentication handshakes with a parent.",
+            "Successful authentication handshakes with a parent, by scheme.",
         );
         for (url, _, handshakes, _) in &gauges.parents {
-            let _ = writeln!(
-                out,
-                "passerelle_parent_handshakes_total{{parent=\"{}\"}} {handshakes}",
-                escape(url)
-            );
+            for (scheme, n) in ["basic", "ntlm", "negotiate"].iter().zip(handshakes) {
+                let _ = writeln!(
+                    out,
+                    "passerelle_parent_handshakes_total{{parent=\"{}\",scheme=\"{scheme}\"}} {n}",
+                    escape(url)
+                );
+            }
         }
         header(
             &mut out,

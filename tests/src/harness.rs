@@ -289,13 +289,14 @@ pub struct Running {
     pub audit: PathBuf,
 }
 
-/// How to launch [`Running`]: extra environment, and optionally a private resolver.
+/// How to launch [`Running`]: extra environment, optionally a private resolver or a wrapper
+/// command. Its stderr goes to `dir/stderr.log` ([`Running::log`]).
 pub struct Launch {
     dir: PathBuf,
     toml: String,
     env: Vec<(String, String)>,
     hosts: Option<Vec<(String, std::net::IpAddr)>>,
-    stderr: Option<PathBuf>,
+    wrapper: Vec<String>,
 }
 
 impl Launch {
@@ -307,19 +308,27 @@ impl Launch {
         self
     }
 
-    /// Keeps the binary's diagnostics (stderr) in `dir/stderr.log`.
-    pub fn keep_stderr(mut self) -> Launch {
-        self.stderr = Some(self.dir.join("stderr.log"));
+    /// Runs the binary under `wrapper` (e.g. `faketime +2h`).
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Launch {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
         self
     }
 
+    /// Starts the binary on 127.0.0.1:0 and learns its port from its own first log line
+    /// (never from a port chosen beforehand, which another test's process may take).
     pub async fn start(self) -> Running {
-        let port = free_port();
         let audit = self.dir.join("audit.jsonl");
         let file = self.dir.join("passerelle.toml");
+        let log = self.dir.join("stderr.log");
         std::fs::write(&file, &self.toml).unwrap();
+        let mut program: Vec<std::ffi::OsString> = self.wrapper.iter().map(Into::into).collect();
+        program.push(passerelle_bin().into());
         let mut cmd = match &self.hosts {
-            None => std::process::Command::new(passerelle_bin()),
+            None => {
+                let mut cmd = std::process::Command::new(&program[0]);
+                cmd.args(&program[1..]);
+                cmd
+            }
             Some(hosts) => {
                 let hosts_file = self.dir.join("hosts");
                 let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
@@ -340,25 +349,45 @@ impl Launch {
                         hosts_file.display(),
                         resolv.display()
                     ))
-                    .arg(passerelle_bin());
+                    .args(&program);
                 cmd
             }
         };
         cmd.args(["run", "--config"])
             .arg(&file)
-            .env("PASSERELLE__LISTEN__PROXY", format!("127.0.0.1:{port}"))
+            .env("PASSERELLE__LISTEN__PROXY", "127.0.0.1:0")
             .env("PASSERELLE__AUDIT__SINK", "file")
             .env("PASSERELLE__AUDIT__PATH", &audit)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null());
-        match &self.stderr {
-            Some(path) => cmd.stderr(std::fs::File::create(path).unwrap()),
-            None => cmd.stderr(Stdio::null()),
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(port) = logged_addr(&text, "listening on ").map(|a| a.port()) {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("passerelle exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "passerelle did not start:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let child = cmd.spawn().unwrap();
-        wait_listening(([127, 0, 0, 1], port).into()).await;
         Running { child, port, audit }
     }
+}
+
+/// The first `ip:port` after `marker` in a log.
+fn logged_addr(text: &str, marker: &str) -> Option<SocketAddr> {
+    text.split(marker).nth(1).and_then(|rest| {
+        rest.split(|c: char| c.is_whitespace() || c == ';' || c == ',')
+            .next()
+            .and_then(|a| a.parse().ok())
+    })
 }
 
 impl Running {
@@ -376,12 +405,27 @@ impl Running {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             hosts: None,
-            stderr: None,
+            wrapper: Vec::new(),
         }
     }
 
     pub fn proxy(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin listener's base URL, from the binary's first log line (launch it with
+    /// `PASSERELLE__LISTEN__ADMIN=127.0.0.1:0`).
+    pub async fn admin(&self) -> String {
+        let text = self.log();
+        match logged_addr(&text, "admin on ") {
+            Some(addr) => format!("http://{addr}"),
+            None => panic!("no admin listener in the log:\n{text}"),
+        }
+    }
+
+    /// What the binary wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.audit.with_file_name("stderr.log")).unwrap_or_default()
     }
 
     pub fn signal(&self, name: &str) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::harness::{free_port, wait_listening};
+use crate::harness::free_port;
 
 /// Kills the process when dropped, so a failing test leaves nothing behind.
 struct Reaped(Child);
@@ -87,12 +87,27 @@ impl NtlmParent {
             cmd.args(["--map", &format!("{target}={addr}")]);
         }
         cmd.args(flags);
-        let child = Reaped(
+        let mut child = Reaped(
             cmd.spawn()
                 .expect("python3 runs (scripts/install-test-deps installs pyspnego)"),
         );
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_listening(addr).await;
+        // Ready when it logged that it listens (it binds before it logs): a connection that
+        // succeeds could reach another test's process on that port.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let started = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("\"listening\"");
+            if started {
+                break;
+            }
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("the NTLM parent exited ({status}) on port {port}");
+            }
+            assert!(Instant::now() < deadline, "the NTLM parent did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         NtlmParent {
             addr,
             log,
@@ -126,6 +141,10 @@ pub enum SquidAuth<'a> {
     /// `ntlm_fake_auth`: any NTLM handshake passes (for what Squid does around it, such as
     /// the 64 KiB body stall after a 407).
     FakeNtlm,
+    /// `negotiate_kerberos_auth` with the service keytab of `kdc` for `HTTP/<name>`.
+    Negotiate { kdc: &'a Kdc, name: &'a str },
+    /// Negotiate as above, and NTLM (`ntlm_fake_auth`) offered beside it.
+    NegotiateAndNtlm { kdc: &'a Kdc, name: &'a str },
 }
 
 /// Squid as an authenticating parent; `hosts` are names its resolver maps to 127.0.0.1 (no
@@ -171,61 +190,106 @@ impl Squid {
                     d = d.display()
                 )
             }
-            SquidAuth::FakeNtlm => {
-                let helper = "/usr/lib/squid/ntlm_fake_auth";
-                assert!(Path::new(helper).exists(), "{helper} is missing");
-                format!("auth_param ntlm program {helper}\nauth_param ntlm children 4\n")
+            SquidAuth::FakeNtlm => fake_ntlm(),
+            SquidAuth::Negotiate { kdc, name } => negotiate(kdc, name, d),
+            SquidAuth::NegotiateAndNtlm { kdc, name } => {
+                format!("{}{}", negotiate(kdc, name, d), fake_ntlm())
             }
+        };
+        let krb5_config = match &auth {
+            SquidAuth::Negotiate { kdc, .. } | SquidAuth::NegotiateAndNtlm { kdc, .. } => {
+                Some(kdc.krb5_conf.clone())
+            }
+            _ => None,
         };
         let hosts_text: String = hosts.iter().map(|h| format!("127.0.0.1 {h}\n")).collect();
         write_world_readable(&d.join("hosts"), &hosts_text);
-        let port = free_port();
-        let conf = format!(
-            "http_port 127.0.0.1:{port}\n\
-             pid_filename {d}/squid.pid\n\
-             cache_log {d}/cache.log\n\
-             access_log stdio:{d}/access.log\n\
-             coredump_dir {d}\n\
-             cache deny all\n\
-             cache_mem 8 MB\n\
-             netdb_filename none\n\
-             pinger_enable off\n\
-             hosts_file {d}/hosts\n\
-             dns_nameservers 127.0.0.1\n\
-             shutdown_lifetime 0 seconds\n\
-             {auth_param}\
-             acl authed proxy_auth REQUIRED\n\
-             http_access allow authed\n\
-             http_access deny all\n",
-            d = d.display()
-        );
-        write_world_readable(&d.join("squid.conf"), &conf);
-        let child = Command::new(squid)
-            .args(["-N", "-f"])
-            .arg(d.join("squid.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("squid starts");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "squid did not listen; cache.log:\n{}",
-                std::fs::read_to_string(d.join("cache.log")).unwrap_or_default()
+        // A port taken between free_port() and Squid's bind makes Squid exit: then again,
+        // on another port.
+        let mut attempts = 0;
+        let (addr, child) = loop {
+            attempts += 1;
+            let port = free_port();
+            let conf = format!(
+                "http_port 127.0.0.1:{port}\n\
+                 pid_filename {d}/squid.pid\n\
+                 cache_log {d}/cache.log\n\
+                 access_log stdio:{d}/access.log\n\
+                 coredump_dir {d}\n\
+                 cache deny all\n\
+                 cache_mem 8 MB\n\
+                 netdb_filename none\n\
+                 pinger_enable off\n\
+                 hosts_file {d}/hosts\n\
+                 dns_nameservers 127.0.0.1\n\
+                 shutdown_lifetime 0 seconds\n\
+                 {auth_param}\
+                 acl authed proxy_auth REQUIRED\n\
+                 http_access allow authed\n\
+                 http_access deny all\n",
+                d = d.display()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            write_world_readable(&d.join("squid.conf"), &conf);
+            let mut cmd = Command::new(squid);
+            cmd.args(["-N", "-f"])
+                .arg(d.join("squid.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(conf) = &krb5_config {
+                cmd.env("KRB5_CONFIG", conf);
+            }
+            let mut child = Reaped(cmd.spawn().expect("squid starts"));
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // Ready when *this* Squid says it accepts on the port (a connection succeeding
+            // could reach another test's process that took it).
+            let accepting = "Accepting HTTP Socket connections at conn";
+            let listening = loop {
+                let log = std::fs::read_to_string(d.join("cache.log")).unwrap_or_default();
+                let ours = format!("local=127.0.0.1:{port} ");
+                if log
+                    .lines()
+                    .any(|l| l.contains(accepting) && l.contains(&ours))
+                {
+                    break true;
+                }
+                if child.0.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if listening {
+                break (addr, child);
+            }
+            let log = std::fs::read_to_string(d.join("cache.log")).unwrap_or_default();
+            assert!(attempts < 3, "squid did not listen; cache.log:\n{log}");
+            eprintln!("squid exited at start (attempt {attempts}); cache.log:\n{log}");
+        };
         Squid {
             addr,
             dir,
-            _child: Reaped(child),
+            _child: child,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Waits (bounded) for an access.log line (Squid writes one when a transaction ends).
+    pub async fn wait_access(&self, found: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = self.access_log().into_iter().find(|l| found(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such line in Squid's access.log: {:?}",
+                self.access_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Squid's access.log lines so far.
@@ -236,6 +300,202 @@ impl Squid {
             .map(str::to_string)
             .collect()
     }
+}
+
+fn fake_ntlm() -> String {
+    let helper = "/usr/lib/squid/ntlm_fake_auth";
+    assert!(Path::new(helper).exists(), "{helper} is missing");
+    format!("auth_param ntlm program {helper}\nauth_param ntlm children 4\n")
+}
+
+/// Squid's Kerberos acceptor, with a keytab for `HTTP/<name>` it can read.
+fn negotiate(kdc: &Kdc, name: &str, dir: &Path) -> String {
+    let helper = "/usr/lib/squid/negotiate_kerberos_auth";
+    assert!(Path::new(helper).exists(), "{helper} is missing");
+    let keytab = dir.join("http.keytab");
+    kdc.add_service(&format!("HTTP/{name}"), &keytab);
+    set_mode(&keytab, 0o644);
+    format!(
+        "auth_param negotiate program {helper} -k {} -s GSS_C_NO_NAME\n\
+         auth_param negotiate children 4\n\
+         auth_param negotiate keep_alive on\n",
+        keytab.display()
+    )
+}
+
+/// The realm every Kerberos test uses.
+pub const REALM: &str = "PASSERELLE.TEST";
+
+/// A real MIT Kerberos KDC on 127.0.0.1, provisioned for one test: its own database, realm
+/// [`REALM`], a `krb5.conf` for the clients (Passerelle, curl, Squid's helper; names are not
+/// canonicalised, as the README tells sites to configure), and its log to count what reached it.
+pub struct Kdc {
+    pub port: u16,
+    pub krb5_conf: PathBuf,
+    dir: TempDir,
+    _child: Reaped,
+}
+
+impl Kdc {
+    pub async fn start() -> Kdc {
+        for tool in [
+            "/usr/sbin/krb5kdc",
+            "/usr/sbin/kdb5_util",
+            "/usr/sbin/kadmin.local",
+        ] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing (scripts/install-test-deps installs krb5-kdc and krb5-admin-server)"
+            );
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let krb5_conf = d.join("krb5.conf");
+        std::fs::write(d.join("kadm5.acl"), "").expect("acl");
+        let mut attempts = 0;
+        let (port, child) = loop {
+            attempts += 1;
+            let port = free_port();
+            std::fs::write(
+                d.join("kdc.conf"),
+                format!(
+                    "[kdcdefaults]\n  kdc_listen = 127.0.0.1:{port}\n  kdc_tcp_listen = 127.0.0.1:{port}\n\
+                     [realms]\n  {REALM} = {{\n    database_name = {d}/principal\n    key_stash_file = {d}/stash\n    acl_file = {d}/kadm5.acl\n    max_life = 10h\n    supported_enctypes = aes256-cts-hmac-sha1-96:normal aes128-cts-hmac-sha1-96:normal\n  }}\n\
+                     [logging]\n  kdc = FILE:{d}/kdc.log\n",
+                    d = d.display()
+                ),
+            )
+            .expect("kdc.conf");
+            std::fs::write(&krb5_conf, krb5_conf_text(port, true)).expect("krb5.conf");
+            let kdc = |cmd: &mut Command| {
+                cmd.env("KRB5_KDC_PROFILE", d.join("kdc.conf"))
+                    .env("KRB5_CONFIG", &krb5_conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+            };
+            if !d.join("principal").exists() {
+                let mut create = Command::new("kdb5_util");
+                create.args(["create", "-s", "-r", REALM, "-P", "master-key-for-tests"]);
+                kdc(&mut create);
+                assert!(
+                    create.status().expect("kdb5_util runs").success(),
+                    "kdb5_util create failed"
+                );
+            }
+            let _ = std::fs::remove_file(d.join("kdc.log"));
+            let mut daemon = Command::new("krb5kdc");
+            daemon.args(["-n", "-P"]).arg(d.join("krb5kdc.pid"));
+            kdc(&mut daemon);
+            let mut child = Reaped(daemon.spawn().expect("krb5kdc starts"));
+            // Ready when its own log says so; a KDC that could not bind says so and exits.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let up = loop {
+                let log = std::fs::read_to_string(d.join("kdc.log")).unwrap_or_default();
+                if log.contains("commencing operation") {
+                    break true;
+                }
+                if child.0.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if up {
+                break (port, child);
+            }
+            let log = std::fs::read_to_string(d.join("kdc.log")).unwrap_or_default();
+            assert!(attempts < 3, "the KDC did not start:\n{log}");
+        };
+        Kdc {
+            port,
+            krb5_conf,
+            dir,
+            _child: child,
+        }
+    }
+
+    fn kadmin(&self, query: &str) {
+        let out = Command::new("kadmin.local")
+            .args(["-q", query])
+            .env("KRB5_KDC_PROFILE", self.dir.path().join("kdc.conf"))
+            .env("KRB5_CONFIG", &self.krb5_conf)
+            .output()
+            .expect("kadmin.local runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("while "),
+            "kadmin.local -q {query:?}: {stderr}"
+        );
+    }
+
+    /// A user principal that must pre-authenticate (as every AD account does), so that a
+    /// wrong password is a `PREAUTH_FAILED` the KDC logs.
+    pub fn add_user(&self, name: &str, password: &str) {
+        self.kadmin(&format!("addprinc +requires_preauth -pw {password} {name}"));
+    }
+
+    /// A user principal with a random key, written to a client keytab at `keytab`.
+    pub fn add_keytab_user(&self, name: &str, keytab: &Path) {
+        self.kadmin(&format!("addprinc +requires_preauth -randkey {name}"));
+        self.kadmin(&format!("ktadd -k {} {name}", keytab.display()));
+    }
+
+    /// A service principal (`HTTP/parent.test`) and its keytab.
+    pub fn add_service(&self, principal: &str, keytab: &Path) {
+        self.kadmin(&format!("addprinc -randkey {principal}"));
+        self.kadmin(&format!("ktadd -k {} {principal}", keytab.display()));
+    }
+
+    /// A `krb5.conf` for this KDC where the client does not correct its clock from the KDC's
+    /// (`kdc_timesync = 0`): a skewed clock then shows.
+    pub fn strict_clock_conf(&self) -> PathBuf {
+        let path = self.dir.path().join("krb5-strict.conf");
+        std::fs::write(&path, krb5_conf_text(self.port, false)).expect("krb5.conf");
+        path
+    }
+
+    /// A `krb5.conf` pointing at a KDC that is not there.
+    pub fn unreachable_conf(&self) -> PathBuf {
+        let path = self.dir.path().join("krb5-unreachable.conf");
+        let closed = free_port();
+        std::fs::write(&path, krb5_conf_text(closed, true)).expect("krb5.conf");
+        path
+    }
+
+    /// The KDC's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kdc.log")).unwrap_or_default()
+    }
+
+    /// Pre-authentication failures the KDC saw (each counts toward an AD lockout).
+    pub fn preauth_failures(&self) -> usize {
+        self.log().matches("PREAUTH_FAILED").count()
+    }
+
+    /// Service tickets issued for `principal` (`HTTP/parent.test`).
+    pub fn tickets_issued_for(&self, principal: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains("TGS_REQ")
+                    && l.contains("ISSUE")
+                    && l.contains(&format!("for {principal}@"))
+            })
+            .count()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn krb5_conf_text(port: u16, timesync: bool) -> String {
+    format!(
+        "[libdefaults]\n  default_realm = {REALM}\n  dns_lookup_kdc = false\n  dns_lookup_realm = false\n  \
+         rdns = false\n  dns_canonicalize_hostname = false\n  kdc_timesync = {}\n  max_retries = 1\n\
+         [realms]\n  {REALM} = {{\n    kdc = 127.0.0.1:{port}\n  }}\n\
+         [domain_realm]\n  .test = {REALM}\n",
+        u8::from(timesync)
+    )
 }
 
 fn set_mode(path: &Path, mode: u32) {

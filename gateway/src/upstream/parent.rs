@@ -15,8 +15,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
-use passerelle_auth::{parse_challenges, AuthError, AuthMode, Credentials, Handshake, Scheme};
-use passerelle_config::{Flow, Host, Target, Upstream};
+use passerelle_auth::{
+    parse_challenges, AuthError, AuthMode, Challenge, Credentials, Handshake, NegotiateError,
+    Negotiator, Scheme,
+};
+use passerelle_config::{Flow, Host, KerberosSource, Target, Upstream};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -59,7 +62,10 @@ pub struct Learnt {
     pub health: Health,
     demand: Mutex<Demand>,
     pool: Arc<Pool<()>>,
-    pub handshakes: AtomicU64,
+    /// Kerberos credentials and their cached tickets.
+    pub negotiator: Option<Arc<passerelle_kerberos::Initiator>>,
+    /// Accepted handshakes, by scheme: Basic, NTLM, Negotiate.
+    pub handshakes: [AtomicU64; 3],
     pub auth_failures: AtomicU64,
     /// When the parent last answered, or a health probe last started.
     last_checked: Mutex<Instant>,
@@ -114,7 +120,25 @@ impl Parent {
                 ),
                 demand: Mutex::new(Demand::Unknown),
                 pool: Pool::new(),
-                handshakes: AtomicU64::new(0),
+                negotiator: settings.kerberos.as_ref().map(|k| {
+                    let source = match &k.source {
+                        KerberosSource::Keytab(path) => {
+                            passerelle_kerberos::Source::Keytab(path.clone())
+                        }
+                        KerberosSource::Password(passerelle_auth::Secret::Password(p)) => {
+                            passerelle_kerberos::Source::Password(p.clone().into())
+                        }
+                        KerberosSource::Password(_) | KerberosSource::Cache => {
+                            passerelle_kerberos::Source::Cache
+                        }
+                    };
+                    Arc::new(passerelle_kerberos::Initiator::new(
+                        k.principal.clone(),
+                        source,
+                        k.spn.clone(),
+                    ))
+                }),
+                handshakes: Default::default(),
                 auth_failures: AtomicU64::new(0),
                 last_checked: Mutex::new(Instant::now()),
             })
@@ -409,7 +433,61 @@ impl Parent {
     }
 
     fn handshake(&self, mode: AuthMode) -> Handshake {
+        let negotiator = self
+            .learnt
+            .negotiator
+            .clone()
+            .map(|n| n as Arc<dyn Negotiator>);
+        let fallback = self
+            .settings
+            .kerberos
+            .as_ref()
+            .is_some_and(|k| k.fallback_ntlm);
         Handshake::new(mode, self.credentials.clone(), self.workstation.clone())
+            .with_negotiator(negotiator, fallback)
+    }
+
+    /// The right to test unproven credentials (at once when they are proven).
+    async fn turn(&self) -> Result<Option<Turn>, UpstreamError> {
+        self.learnt
+            .health
+            .credentials_turn()
+            .await
+            .map_err(|left| self.backoff(left))
+    }
+
+    /// Runs a handshake step. Negotiate's may ask the KDC: those run on the blocking pool,
+    /// bounded by `timeout`, never on the async runtime.
+    async fn step<T: Send + 'static>(
+        &self,
+        handshake: &mut Handshake,
+        timeout: Duration,
+        f: impl FnOnce(&mut Handshake) -> Result<T, AuthError> + Send + 'static,
+    ) -> Result<T, UpstreamError> {
+        if !handshake.may_block() {
+            return f(handshake).map_err(|e| self.auth_failed(e));
+        }
+        let mut owned = std::mem::replace(handshake, self.handshake(AuthMode::None));
+        let task = tokio::task::spawn_blocking(move || {
+            let result = f(&mut owned);
+            (owned, result)
+        });
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok((back, result))) => {
+                *handshake = back;
+                result.map_err(|e| self.auth_failed(e))
+            }
+            Ok(Err(_)) => Err(self.protocol("lost its Kerberos step (the library failed)")),
+            Err(_) => Err(self.auth_failed(AuthError::Kerberos(NegotiateError {
+                code: "kerberos_kdc_unreachable",
+                detail: format!(
+                    "no answer from the KDC within {} (SPN {})",
+                    humantime::format_duration(timeout),
+                    self.learnt.negotiator.as_ref().map_or("", |n| n.spn())
+                ),
+                local: true,
+            }))),
+        }
     }
 
     /// Sends `req` on `conn`, answering 407s until the parent says something else. The
@@ -425,13 +503,20 @@ impl Parent {
         let demand = self.demand();
         let mut handshake = self.handshake(mode);
         let known = match &demand {
-            Demand::Scheme(scheme) => Some(scheme),
+            Demand::Scheme(scheme) => Some(scheme.clone()),
             _ => None,
         };
-        let mut header = handshake
-            .first_header(known)
-            .map_err(|e| self.auth_failed(e))?;
+        // Kerberos tests the credentials when it makes a token (the KDC sees the password),
+        // not when the parent reads it: such steps take the probe gate too.
         let mut turn: Option<Turn> = None;
+        if handshake.may_block() && known.is_some() {
+            turn = self.turn().await?;
+        }
+        let mut header = self
+            .step(&mut handshake, timeouts.connect, move |h| {
+                h.first_header(known.as_ref())
+            })
+            .await?;
         for _ in 0..MAX_LEGS {
             let leg = if handshake.awaits_challenge() {
                 Leg::Negotiation
@@ -446,12 +531,7 @@ impl Parent {
             };
             let with_credentials = header.is_some() && leg == Leg::Final;
             if with_credentials && turn.is_none() {
-                turn = self
-                    .learnt
-                    .health
-                    .credentials_turn()
-                    .await
-                    .map_err(|left| self.backoff(left))?;
+                turn = self.turn().await?;
             }
             let bound = if leg == Leg::Final && !req.is_connect() {
                 timeouts.response
@@ -470,8 +550,22 @@ impl Parent {
             self.answered();
             tracing::debug!(upstream.url = %self.url, ?leg, status = resp.status().as_u16(), "parent.leg");
             if resp.status() != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                if handshake.scheme() == Some(&Scheme::Negotiate) {
+                    let finals = challenges_of(&resp);
+                    let verified = self
+                        .step(&mut handshake, timeouts.connect, move |h| h.finish(&finals))
+                        .await;
+                    if let Err(e) = verified {
+                        tracing::warn!(upstream.url = %self.url, error = %e, "parent.auth.negotiate.final_token: the parent's final token did not verify; its answer is used all the same");
+                    }
+                }
                 if handshake.sent_credentials() {
-                    self.learnt.handshakes.fetch_add(1, Ordering::Relaxed);
+                    let scheme = match handshake.scheme() {
+                        Some(Scheme::Basic) => 0,
+                        Some(Scheme::Negotiate) => 2,
+                        _ => 1,
+                    };
+                    self.learnt.handshakes[scheme].fetch_add(1, Ordering::Relaxed);
                 }
                 if mode != AuthMode::None {
                     self.learn(match handshake.scheme() {
@@ -488,21 +582,20 @@ impl Parent {
                 .get_all(CONNECTION)
                 .iter()
                 .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            let offered: Vec<String> = resp
-                .headers()
-                .get_all(PROXY_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_string))
-                .collect();
+            let challenges = challenges_of(&resp);
             drain(resp).await;
             let body_whole = match held {
                 Some(held) => req.take_back(held),
                 None => req.whole(),
             };
-            let challenges = parse_challenges(offered.iter().map(String::as_str));
-            let next = handshake
-                .on_challenge(&challenges)
-                .map_err(|e| self.auth_failed(e))?;
+            if handshake.may_block() && turn.is_none() {
+                turn = self.turn().await?;
+            }
+            let next = self
+                .step(&mut handshake, timeouts.connect, move |h| {
+                    h.on_challenge(&challenges)
+                })
+                .await?;
             if let Some(scheme) = handshake.scheme() {
                 self.learn(Demand::Scheme(scheme.clone()));
             }
@@ -595,6 +688,17 @@ impl Parent {
             },
         }
     }
+}
+
+/// The challenges a response carries in `Proxy-Authenticate`.
+fn challenges_of(resp: &Response<Incoming>) -> Vec<Challenge> {
+    let values: Vec<&str> = resp
+        .headers()
+        .get_all(PROXY_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    parse_challenges(values)
 }
 
 /// Reads a 407's body to its end (bounded) so the connection can carry the next leg.

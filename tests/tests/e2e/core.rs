@@ -289,7 +289,10 @@ async fn clients_outside_the_allow_list_are_refused() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["reason"], "client_not_allowed");
     assert_eq!(records[0]["decision"], "deny");
-    assert!(records[0]["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(records[0]["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

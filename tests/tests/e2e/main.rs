@@ -4,6 +4,7 @@ mod cli;
 mod core;
 mod durability;
 mod hostile;
+mod kerberos;
 mod operations;
 mod parent_faults;
 mod upstream;

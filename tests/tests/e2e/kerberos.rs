@@ -1,0 +1,475 @@
+//! Kerberos (Negotiate) to the corporate proxy: a real MIT KDC provisioned per test, Squid
+//! demanding Negotiate through `negotiate_kerberos_auth`, and Passerelle (the real binary, with
+//! `KRB5_CONFIG` and a resolver of its own that maps `parent.test` to 127.0.0.1: Kerberos needs
+//! the proxy's name, not its address).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+
+use passerelle_tests::harness::{curl, metric, wait_records, Running};
+use passerelle_tests::origin::{fnv1a, HttpOrigin, FNV_OFFSET};
+use passerelle_tests::peers::{Kdc, Squid, SquidAuth, REALM};
+use serde_json::Value;
+
+const PARENT: &str = "parent.test";
+const USER: &str = "svc-covotem";
+const PASSWORD: &str = "Corr3ct-Kerberos";
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A site flow for the origin, through the parent `parent.test:<squid port>`.
+fn config(origin: &HttpOrigin, squid: &Squid, upstream: &str) -> String {
+    format!(
+        "[routing]\ndefault = \"upstream\"\n\
+         [[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [{port}]\n\
+         [[upstream]]\nurl = \"http://{PARENT}:{squid}\"\n{upstream}\n",
+        port = origin.addr.port(),
+        squid = squid.addr.port()
+    )
+}
+
+fn password_upstream(auth: &str) -> String {
+    format!("auth = \"{auth}\"\nuser = \"{USER}@{REALM}\"\npassword_env = \"PW\"\n")
+}
+
+async fn start(dir: &Path, config: &str, krb5_conf: &Path, password: &str) -> Running {
+    Running::with_env(
+        dir,
+        config,
+        &[
+            ("PW", password),
+            ("KRB5_CONFIG", &krb5_conf.display().to_string()),
+            ("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0"),
+        ],
+    )
+    .closed_dns(&[(PARENT, LOCALHOST)])
+    .start()
+    .await
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_negotiates_with_the_test_squid() {
+    // The peers themselves, checked by an independent client: kinit from a keytab, then
+    // curl --proxy-negotiate.
+    let kdc = Kdc::start().await;
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let keytab = kdc.dir().join("curl.keytab");
+    kdc.add_keytab_user("curl-user", &keytab);
+    let ccache = format!("FILE:{}", kdc.dir().join("curl.ccache").display());
+    let kinit = Command::new("kinit")
+        .args(["-k", "-t"])
+        .arg(&keytab)
+        .arg(format!("curl-user@{REALM}"))
+        .env("KRB5_CONFIG", &kdc.krb5_conf)
+        .env("KRB5CCNAME", &ccache)
+        .output()
+        .expect("kinit runs (krb5-user)");
+    assert!(
+        kinit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kinit.stderr)
+    );
+    let url = format!("http://origin.test:{}/via-curl", origin.addr.port());
+    let proxy = format!("http://{PARENT}:{}", squid.addr.port());
+    let resolve = format!("{PARENT}:{}:127.0.0.1", squid.addr.port());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args([
+            "--proxy-negotiate",
+            "-U",
+            ":",
+            "--resolve",
+            &resolve,
+            "-x",
+            &proxy,
+            &url,
+        ])
+        .env("KRB5_CONFIG", &kdc.krb5_conf)
+        .env("KRB5CCNAME", &ccache)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without credentials Squid answers 407: it really demands Negotiate.
+    let r = curl(&["--resolve", &resolve, "-x", &proxy, &url]).await;
+    assert_eq!(r.status, 407, "{r:?}");
+    assert_eq!(origin.seen_for("/via-curl").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_gets_tickets_in_memory_and_one_service_ticket_serves_every_connection() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(
+        dir.path(),
+        &config(&origin, &squid, &password_upstream("negotiate")),
+        &kdc.krb5_conf,
+        PASSWORD,
+    )
+    .await;
+    let base = format!("http://origin.test:{}", origin.addr.port());
+    // Forwarded requests ride one authenticated parent connection, pooled across client
+    // connections; tunnels each open a parent connection of their own (a new context).
+    let mut args = vec!["-x".to_string(), gw.proxy()];
+    args.extend((0..3).map(|i| format!("{base}/pooled/{i}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = curl(&args).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for i in 0..3 {
+        let r = curl(&["-x", &gw.proxy(), &format!("{base}/fresh/{i}")]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = curl(&["-x", &gw.proxy(), "-p", &format!("{base}/tunnel/{i}")]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // A 3 MB POST, and a body over 64 KiB, arrive whole.
+    for size in [100 * 1024, 3 * 1024 * 1024] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let file = dir.path().join("upload");
+        std::fs::write(&file, &data).unwrap();
+        let r = curl(&[
+            "-x",
+            &gw.proxy(),
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{base}/upload"),
+        ])
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            json(&r.body)["body_fnv"],
+            format!("{:016x}", fnv1a(&data, FNV_OFFSET))
+        );
+    }
+    let records = wait_records(&gw.audit, 11).await;
+    assert!(
+        records.iter().all(|r| r["status"] == 200
+            && r["route"] == format!("http://{PARENT}:{}", squid.addr.port())),
+        "{records:?}"
+    );
+    assert_eq!(kdc.preauth_failures(), 0);
+    assert_eq!(
+        kdc.tickets_issued_for(&format!("HTTP/{PARENT}")),
+        1,
+        "one service ticket, cached, for every parent connection:\n{}",
+        kdc.log()
+    );
+    let admin = gw.admin().await;
+    let series = format!(
+        "passerelle_parent_handshakes_total{{parent=\"http://{PARENT}:{}\",scheme=\"negotiate\"}}",
+        squid.addr.port()
+    );
+    // One per tunnel, and one per forwarding connection (pooled: usually one; a request
+    // arriving before the pool got its connection back opens another).
+    let handshakes = metric(&admin, &series).await.unwrap_or(0.0);
+    assert!((4.0..=6.0).contains(&handshakes), "{series} = {handshakes}");
+    assert!(
+        !gw.log().contains(PASSWORD),
+        "the password reached the logs"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keytab_needs_no_password_and_auto_prefers_negotiate_over_ntlm() {
+    let kdc = Kdc::start().await;
+    let keytab = kdc.dir().join("svc.keytab");
+    kdc.add_keytab_user(USER, &keytab);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::NegotiateAndNtlm {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!(
+        "auth = \"auto\"\nuser = \"{USER}@{REALM}\"\nkeytab_file = \"{}\"\n",
+        keytab.display()
+    );
+    let gw = start(
+        dir.path(),
+        &config(&origin, &squid, &upstream),
+        &kdc.krb5_conf,
+        "",
+    )
+    .await;
+    let url = format!("http://origin.test:{}/keytab", origin.addr.port());
+    let r = curl(&["-x", &gw.proxy(), &url]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let admin = gw.admin().await;
+    let parent = format!("http://{PARENT}:{}", squid.addr.port());
+    assert_eq!(
+        metric(
+            &admin,
+            &format!(
+                "passerelle_parent_handshakes_total{{parent=\"{parent}\",scheme=\"negotiate\"}}"
+            )
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            &format!("passerelle_parent_handshakes_total{{parent=\"{parent}\",scheme=\"ntlm\"}}")
+        )
+        .await,
+        Some(0.0)
+    );
+    // A tunnel authenticates its own connection.
+    let r = curl(&["-x", &gw.proxy(), "-p", &url]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    squid
+        .wait_access(|l| l.contains("CONNECT") && l.contains(&format!("{USER}@{REALM}")))
+        .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_requests_with_a_wrong_password_reach_the_kdc_once() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(
+        dir.path(),
+        &config(&origin, &squid, &password_upstream("negotiate")),
+        &kdc.krb5_conf,
+        "Wrong-Password",
+    )
+    .await;
+    let url = format!("http://origin.test:{}/", origin.addr.port());
+    let mut all = Vec::new();
+    for _ in 0..20 {
+        let proxy = gw.proxy();
+        let url = url.clone();
+        all.push(tokio::spawn(
+            async move { curl(&["-x", &proxy, &url]).await },
+        ));
+    }
+    for r in all {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 502, "{r:?}");
+    }
+    assert_eq!(kdc.preauth_failures(), 1, "{}", kdc.log());
+    let records = wait_records(&gw.audit, 20).await;
+    assert_eq!(records.len(), 20);
+    let reasons: Vec<&str> = records
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "kerberos_preauth_failed")
+            .count(),
+        1,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .all(|r| *r == "kerberos_preauth_failed" || *r == "parent_auth_failed"),
+        "{reasons:?}"
+    );
+    assert_eq!(origin.connections(), 0);
+    gw.stop().await;
+}
+
+/// The first failure for `upstream` (with `password`, under `krb5_conf`, maybe wrapped).
+async fn failure(
+    kdc: &Kdc,
+    squid: &Squid,
+    origin: &HttpOrigin,
+    upstream: &str,
+    password: &str,
+    krb5_conf: &Path,
+    wrapper: &[&str],
+) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::with_env(
+        dir.path(),
+        &config(origin, squid, upstream),
+        &[
+            ("PW", password),
+            ("KRB5_CONFIG", &krb5_conf.display().to_string()),
+            ("KRB5CCNAME", &format!("FILE:{}/none", kdc.dir().display())),
+        ],
+    )
+    .closed_dns(&[(PARENT, LOCALHOST)])
+    .wrapped(wrapper)
+    .start()
+    .await;
+    let r = curl(&[
+        "-x",
+        &gw.proxy(),
+        &format!("http://origin.test:{}/", origin.addr.port()),
+    ])
+    .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let record = wait_records(&gw.audit, 1).await.remove(0);
+    gw.stop().await;
+    record
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kerberos_failures_are_told_apart() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let conf = kdc.krb5_conf.clone();
+    let cases: Vec<(&str, String, &str, std::path::PathBuf, Vec<&str>)> = vec![
+        (
+            "kerberos_preauth_failed",
+            password_upstream("negotiate"),
+            "nope",
+            conf.clone(),
+            vec![],
+        ),
+        (
+            "kerberos_kdc_unreachable",
+            password_upstream("negotiate"),
+            PASSWORD,
+            kdc.unreachable_conf(),
+            vec![],
+        ),
+        (
+            "kerberos_principal_unknown",
+            format!("auth = \"negotiate\"\nuser = \"nobody@{REALM}\"\npassword_env = \"PW\"\n"),
+            PASSWORD,
+            conf.clone(),
+            vec![],
+        ),
+        (
+            "kerberos_spn_unknown",
+            format!(
+                "{}spn = \"HTTP@elsewhere.test\"\n",
+                password_upstream("negotiate")
+            ),
+            PASSWORD,
+            conf.clone(),
+            vec![],
+        ),
+        (
+            "kerberos_no_credentials",
+            "auth = \"negotiate\"\n".to_string(),
+            "",
+            conf.clone(),
+            vec![],
+        ),
+        (
+            "kerberos_clock_skew",
+            password_upstream("negotiate"),
+            PASSWORD,
+            kdc.strict_clock_conf(),
+            vec!["faketime", "+2 hours"],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (expected, upstream, password, krb5_conf, wrapper) in &cases {
+        let record = failure(
+            &kdc, &squid, &origin, upstream, password, krb5_conf, wrapper,
+        )
+        .await;
+        if record["reason"] != *expected {
+            wrong.push(format!("{expected}: got {record}"));
+        }
+        let detail = record["detail"].as_str().unwrap_or("");
+        if !detail.contains("SPN HTTP@") || detail.contains(PASSWORD) {
+            wrong.push(format!(
+                "{expected}: the detail must name the SPN, never the secret: {detail}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ntlm_stands_in_for_kerberos_only_when_allowed() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::NegotiateAndNtlm {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let unreachable = kdc.unreachable_conf();
+    let url = format!("http://origin.test:{}/fallback", origin.addr.port());
+    for (fallback, status) in [("none", 502), ("ntlm", 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = format!(
+            "{}negotiate_fallback = \"{fallback}\"\n",
+            password_upstream("negotiate")
+        );
+        let gw = start(
+            dir.path(),
+            &config(&origin, &squid, &upstream),
+            &unreachable,
+            PASSWORD,
+        )
+        .await;
+        let r = curl(&["-x", &gw.proxy(), &url]).await;
+        assert_eq!(r.status, status, "negotiate_fallback = {fallback}: {r:?}");
+        if fallback == "ntlm" {
+            let log = gw.log();
+            assert!(log.contains("parent.auth.negotiate.fallback"), "{log}");
+        }
+        gw.stop().await;
+    }
+}
