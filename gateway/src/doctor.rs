@@ -72,6 +72,9 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
         .find(|f| !f.tls_ports.is_empty() && !f.hosts.is_empty())
         .cloned();
     for parent in runtime.parents.list() {
+        if let Some(initiator) = parent.learnt.negotiator.clone() {
+            checks.extend(kerberos(initiator, runtime.config.limits.connect_timeout).await);
+        }
         checks.push(parent_probe(parent, first_tls_flow.as_ref(), &runtime).await);
     }
     let drift = Drift::default();
@@ -316,6 +319,89 @@ async fn check_http<S: AsyncRead + AsyncWrite + Unpin>(
             format!("skew {}s against the server's Date", skew.as_secs()),
             "synchronise the clock (NTP): the Covotem document requires it",
         ));
+    }
+}
+
+/// Kerberos toward a parent: the credentials (and how long the TGT lasts), then a service
+/// ticket for the parent's SPN (which also shows the KDC answering and the clock agreeing).
+async fn kerberos(initiator: Arc<passerelle_kerberos::Initiator>, timeout: Duration) -> Vec<Check> {
+    let spn = initiator.spn().to_string();
+    let source = initiator.source().describe();
+    let probe = tokio::task::spawn_blocking(move || {
+        let credentials = initiator.credentials();
+        let ticket = credentials
+            .as_ref()
+            .ok()
+            .map(|_| initiator.begin().map(|_| ()));
+        (credentials, ticket)
+    });
+    let (credentials, ticket) = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(results)) => results,
+        _ => {
+            return vec![Check::fail(
+                "kerberos",
+                &spn,
+                format!(
+                    "no answer from the KDC within {}",
+                    humantime::format_duration(timeout)
+                ),
+                hint(passerelle_kerberos::Failure::KdcUnreachable),
+            )]
+        }
+    };
+    let mut checks = Vec::new();
+    match credentials {
+        Ok((principal, lifetime)) => checks.push(Check::pass(
+            "kerberos",
+            &principal,
+            match lifetime {
+                Some(left) => format!(
+                    "credentials from {source}, valid for {} more (renewed before they expire)",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                ),
+                None => format!("credentials from {source}"),
+            },
+        )),
+        Err(e) => {
+            checks.push(Check::fail(
+                "kerberos",
+                &source,
+                e.to_string(),
+                hint(e.failure),
+            ));
+            return checks;
+        }
+    }
+    match ticket {
+        Some(Ok(())) => checks.push(Check::pass(
+            "kerberos",
+            &spn,
+            "service ticket obtained: the KDC answers and the clocks agree",
+        )),
+        Some(Err(e)) => checks.push(Check::fail(
+            "kerberos",
+            &spn,
+            e.to_string(),
+            hint(e.failure),
+        )),
+        None => {}
+    }
+    checks
+}
+
+/// What to do about a Kerberos failure.
+fn hint(failure: passerelle_kerberos::Failure) -> &'static str {
+    use passerelle_kerberos::Failure;
+    match failure {
+        Failure::Library => "install MIT Kerberos' GSS-API library: apt install libgssapi-krb5-2 (dnf install krb5-libs)",
+        Failure::NoCredentials => "give keytab_file, or password_env/password_file, or keep KRB5CCNAME fresh (k5start)",
+        Failure::KdcUnreachable => "check the realm's kdc in krb5.conf (KRB5_CONFIG) and that the jump host reaches it on port 88",
+        Failure::PrincipalUnknown => "check user: user@REALM as the domain knows it, realm in upper case",
+        Failure::PreauthFailed => "the password or the keytab is wrong (a keytab made before a password change is stale: export it again); each attempt counts toward the account's lockout",
+        Failure::AccountRevoked => "the account is disabled, locked or its password expired: ask the AD administrators",
+        Failure::ClockSkew => "synchronise the jump host's clock (chrony, systemd-timesyncd): Kerberos allows 5 minutes",
+        Failure::SpnUnknown => "the parent's SPN is not registered in the domain (setspn -Q HTTP/<proxy name>), or set spn to the name it is registered under",
+        Failure::BadToken | Failure::Other => "run with KRB5_TRACE=/dev/stderr for the library's own account of it",
     }
 }
 

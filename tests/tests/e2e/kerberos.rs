@@ -473,3 +473,65 @@ async fn ntlm_stands_in_for_kerberos_only_when_allowed() {
         gw.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_the_credentials_and_the_service_ticket() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("doctor.toml");
+    // The parent by address, its SPN given: no resolver needed.
+    std::fs::write(
+        &file,
+        format!(
+            "profile = \"none\"\n[routing]\ndefault = \"upstream\"\n\
+             [[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [{}]\ntls_ports = []\n\
+             [[upstream]]\nurl = \"http://{}\"\nspn = \"HTTP@{PARENT}\"\n{}",
+            origin.addr.port(),
+            squid.addr,
+            password_upstream("negotiate")
+        ),
+    )
+    .unwrap();
+    let doctor = |password: &str| {
+        let out = Command::new(passerelle_tests::harness::passerelle_bin())
+            .args(["doctor", "--json", "--config"])
+            .arg(&file)
+            .env("PW", password)
+            .env("KRB5_CONFIG", &kdc.krb5_conf)
+            .output()
+            .unwrap();
+        let checks: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["check"] == "kerberos" || c["check"] == "parent")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    let good = doctor(PASSWORD);
+    assert_eq!(good.len(), 3, "{good:?}");
+    assert!(good.iter().all(|c| c["ok"] == true), "{good:#?}");
+    assert_eq!(good[0]["target"], format!("{USER}@{REALM}"));
+    assert!(
+        good[0]["detail"].as_str().unwrap().contains("valid for"),
+        "{good:?}"
+    );
+    let bad = doctor("wrong");
+    assert_eq!(bad[0]["ok"], false, "{bad:?}");
+    assert!(
+        bad[0]["hint"].as_str().unwrap().contains("lockout"),
+        "{bad:?}"
+    );
+}
