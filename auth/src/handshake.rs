@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::challenge::{describe, Challenge, Scheme};
 use crate::credentials::{Credentials, Secret};
-use crate::negotiate::{NegotiateError, Negotiator, SecurityContext};
+use crate::negotiate::{KerberosFailure, NegotiateError, Negotiator, SecurityContext};
 use crate::ntlm::{self, NtlmError};
 
 /// `auth` in an `[[upstream]]` entry.
@@ -69,17 +69,6 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::Rejected { .. } => "parent_auth_failed",
-            AuthError::NotConfigured { .. }
-            | AuthError::Unsupported { .. }
-            | AuthError::SchemeNotOffered { .. } => "parent_auth_unsupported",
-            AuthError::NoChallenge | AuthError::Ntlm(_) => "parent_auth_protocol",
-            AuthError::Kerberos(e) => e.code,
-        }
-    }
-
     /// Did the parent see and refuse our credentials (the case that can lock an account)?
     pub fn is_rejection(&self) -> bool {
         matches!(self, AuthError::Rejected { .. })
@@ -169,7 +158,7 @@ impl Handshake {
                 match self.start(scheme.clone(), &[]) {
                     // Kerberos failed on our side; whether NTLM may stand in depends on what
                     // the parent offers: its 407 will say.
-                    Err(AuthError::Kerberos(e)) if e.local && self.fallback_ntlm => {
+                    Err(AuthError::Kerberos(e)) if e.local() && self.fallback_ntlm => {
                         self.negotiate_failed = Some(e);
                         Ok(None)
                     }
@@ -352,7 +341,7 @@ impl Handshake {
                 }
             };
             let ntlm_offered = challenges.iter().any(|c| c.scheme == Scheme::Ntlm);
-            if failed.local && self.fallback_ntlm && ntlm_offered && self.credentials.is_some() {
+            if failed.local() && self.fallback_ntlm && ntlm_offered && self.credentials.is_some() {
                 tracing::warn!(
                     error = %failed,
                     "parent.auth.negotiate.fallback: Kerberos failed on our side; NTLM instead, as negotiate_fallback = \"ntlm\" allows"
@@ -392,9 +381,8 @@ fn decode(token: &str) -> Result<Vec<u8>, AuthError> {
         .decode(token.trim())
         .map_err(|_| {
             AuthError::Kerberos(NegotiateError {
-                code: "parent_auth_protocol",
+                failure: KerberosFailure::BadToken,
                 detail: "the parent's Negotiate token is not base64".to_string(),
-                local: false,
             })
         })
 }
@@ -465,7 +453,7 @@ mod tests {
             .on_challenge(&parse_challenges(["Basic realm=\"x\""]))
             .unwrap_err();
         assert!(err.is_rejection());
-        assert_eq!(err.code(), "parent_auth_failed");
+        assert!(matches!(err, AuthError::Rejected { .. }));
         assert!(!err.to_string().contains("pässwörd"));
     }
 
@@ -492,12 +480,10 @@ mod tests {
             "auth = \"ntlm\" but the parent offers Basic"
         );
         let mut h = Handshake::new(AuthMode::None, None, ws());
-        assert_eq!(
-            h.on_challenge(&parse_challenges(["NTLM"]))
-                .unwrap_err()
-                .code(),
-            "parent_auth_unsupported"
-        );
+        assert!(matches!(
+            h.on_challenge(&parse_challenges(["NTLM"])).unwrap_err(),
+            AuthError::NotConfigured { .. }
+        ));
     }
 
     #[test]
@@ -534,9 +520,8 @@ mod tests {
         fn step(&mut self, token: &[u8]) -> Result<Option<Vec<u8>>, NegotiateError> {
             if token == b"bad" {
                 return Err(NegotiateError {
-                    code: "kerberos_bad_token",
+                    failure: KerberosFailure::BadToken,
                     detail: "bad".into(),
-                    local: false,
                 });
             }
             Ok(self.0.take())
@@ -562,9 +547,8 @@ mod tests {
 
     fn local_failure() -> NegotiateError {
         NegotiateError {
-            code: "kerberos_kdc_unreachable",
+            failure: KerberosFailure::KdcUnreachable,
             detail: "no KDC".into(),
-            local: true,
         }
     }
 
@@ -604,22 +588,33 @@ mod tests {
         h.finish(&[]).unwrap();
         h.finish(&parse_challenges(["Negotiate b2s="])).unwrap();
         let err = h.finish(&parse_challenges(["Negotiate YmFk"])).unwrap_err();
-        assert_eq!(err.code(), "kerberos_bad_token");
+        assert!(matches!(
+            err,
+            AuthError::Kerberos(NegotiateError {
+                failure: KerberosFailure::BadToken,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn kerberos_failures_keep_their_code_and_back_off() {
         let failure = NegotiateError {
-            code: "kerberos_preauth_failed",
+            failure: KerberosFailure::PreauthFailed,
             detail: "Preauthentication failed".into(),
-            local: false,
         };
         let mut h = Handshake::new(AuthMode::Negotiate, creds(), ws())
             .with_negotiator(kerberos(Err(failure)), true);
         let err = h
             .on_challenge(&parse_challenges(["Negotiate", "NTLM"]))
             .unwrap_err();
-        assert_eq!(err.code(), "kerberos_preauth_failed");
+        assert!(matches!(
+            err,
+            AuthError::Kerberos(NegotiateError {
+                failure: KerberosFailure::PreauthFailed,
+                ..
+            })
+        ));
         assert!(err.backs_off());
         // Not a local failure: no NTLM fallback, whatever the setting (a wrong password
         // would fail there too, and count twice toward the lockout).
@@ -632,7 +627,13 @@ mod tests {
         let err = h
             .on_challenge(&parse_challenges(["Negotiate", "NTLM"]))
             .unwrap_err();
-        assert_eq!(err.code(), "kerberos_kdc_unreachable");
+        assert!(matches!(
+            err,
+            AuthError::Kerberos(NegotiateError {
+                failure: KerberosFailure::KdcUnreachable,
+                ..
+            })
+        ));
 
         let mut h = Handshake::new(AuthMode::Negotiate, creds(), ws())
             .with_negotiator(kerberos(Err(local_failure())), true);
@@ -667,6 +668,6 @@ mod tests {
         let err = h
             .on_challenge(&parse_challenges(["Basic realm=\"x\""]))
             .unwrap_err();
-        assert_eq!(err.code(), "parent_auth_unsupported");
+        assert!(matches!(err, AuthError::Unsupported { .. }), "{err}");
     }
 }

@@ -11,4 +11,4 @@ pub mod ntlm;
 pub use challenge::{parse_challenges, Challenge, Scheme};
 pub use credentials::{nt_hash, Credentials, CredentialsError, Secret};
 pub use handshake::{AuthError, AuthMode, Handshake};
-pub use negotiate::{NegotiateError, Negotiator, SecurityContext};
+pub use negotiate::{KerberosFailure, NegotiateError, Negotiator, SecurityContext};

@@ -46,6 +46,8 @@ const LIST_KEYS: &[&str] = &[
 /// A validated configuration, ready to run.
 #[derive(Debug)]
 pub struct Config {
+    /// Valid, but probably not what was meant: said by `check-config` and at start.
+    pub warnings: Vec<Problem>,
     pub policy: Policy,
     pub listen: Listen,
     pub upstreams: Vec<Upstream>,
@@ -54,6 +56,7 @@ pub struct Config {
     pub limits: Limits,
     pub audit: Audit,
     pub admin: Admin,
+    pub pages: Pages,
     /// SHA-256 of the sources (file and overrides), for reload records.
     pub digest: String,
     pub source: Option<PathBuf>,
@@ -77,6 +80,32 @@ impl Admin {
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The pages a workstation's user reads when the gateway answers instead of the site.
+#[derive(Debug, Clone)]
+pub struct Pages {
+    /// Whom to contact, as free text (`Service informatique, poste 1234`).
+    pub contact: String,
+    /// The language when the client's `Accept-Language` names neither French nor English.
+    pub language: PageLanguage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageLanguage {
+    Fr,
+    En,
+}
+
+impl std::str::FromStr for PageLanguage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PageLanguage, String> {
+        match s {
+            "fr" => Ok(PageLanguage::Fr),
+            "en" => Ok(PageLanguage::En),
+            other => Err(format!("{other:?} is not a language of the pages (fr, en)")),
+        }
     }
 }
 
@@ -187,6 +216,8 @@ pub struct Audit {
     pub queue: usize,
     /// `on_full = "drop"`: when the queue is full, count and drop instead of waiting.
     pub drop_when_full: bool,
+    /// The key of the chain's HMAC (without it, plain SHA-256).
+    pub key_file: Option<PathBuf>,
 }
 
 /// One thing wrong with a configuration, at a key path.
@@ -235,7 +266,27 @@ impl ConfigError {
 /// Loads the configuration: the defaults, then `path` (if any), then the `PASSERELLE__*`
 /// overrides found in `env`, validated and compiled. `env` is also where `password_env`
 /// secrets are read from.
+/// How much of the outside world loading reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Read the secrets (`password_env`, `password_file`, `nt_hash_file`, `keytab_file`).
+    /// Off, their keys are checked but not their contents: a configuration can be validated
+    /// where the secrets are not (a build machine, the test suite, an admin's laptop).
+    pub secrets: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { secrets: true }
+    }
+}
+
 pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+    load_with(path, env, Options::default())
+}
+
+/// [`load`] with [`Options`].
+pub fn load_with(path: Option<&Path>, env: &Env, options: Options) -> Result<Config, ConfigError> {
     let text = match path {
         Some(path) => Some(
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -245,13 +296,25 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         ),
         None => None,
     };
-    load_str(text.as_deref(), path, env)
+    load_text(text.as_deref(), path, env, options)
 }
 
 /// [`load`] with the file's text already read (`path` only names it in messages).
 pub fn load_str(text: Option<&str>, path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+    load_text(text, path, env, Options::default())
+}
+
+fn load_text(
+    text: Option<&str>,
+    path: Option<&Path>,
+    env: &Env,
+    options: Options,
+) -> Result<Config, ConfigError> {
     let name = path.map_or("the configuration".to_string(), |p| p.display().to_string());
+    // The digest covers everything that makes the configuration: the defaults (they change
+    // with the version), the file, the overrides.
     let mut digest = Sha256::new();
+    digest.update(DEFAULT_TOML.as_bytes());
     let mut builder = config::Config::builder().add_source(config::File::from_str(
         DEFAULT_TOML,
         config::FileFormat::Toml,
@@ -294,13 +357,17 @@ pub fn load_str(text: Option<&str>, path: Option<&Path>, env: &Env) -> Result<Co
             unknown.push(key_path(&path.to_string()))
         }),
     );
+    let known = known_keys();
     let mut problems: Vec<Problem> = unknown
         .into_iter()
         .map(|key| {
-            let message = match env_keys.get(&key) {
+            let mut message = match env_keys.get(&key) {
                 Some(var) => format!("unknown key (from the environment variable {var})"),
                 None => "unknown key".to_string(),
             };
+            if let Some(near) = nearest(&key, &known) {
+                message.push_str(&format!("; did you mean {near}?"));
+            }
             Problem { path: key, message }
         })
         .collect();
@@ -315,7 +382,7 @@ pub fn load_str(text: Option<&str>, path: Option<&Path>, env: &Env) -> Result<Co
         }
     };
     let digest = hex::encode(digest.finalize());
-    match validate::compile(raw, env, path.map(Path::to_path_buf), digest) {
+    match validate::compile(raw, env, path.map(Path::to_path_buf), digest, options) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigError::Invalid(problems)),
         Err(more) => {
@@ -323,6 +390,97 @@ pub fn load_str(text: Option<&str>, path: Option<&Path>, env: &Env) -> Result<Co
             Err(ConfigError::Invalid(problems))
         }
     }
+}
+
+/// Every key the configuration takes, as `section.key` (`flows.id` for array tables), read
+/// from the commented default file, which documents each of them.
+fn known_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut section = String::new();
+    for line in DEFAULT_TOML.lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("");
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+            {
+                section = name.to_string();
+                keys.push(section.clone());
+            }
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            keys.push(if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The known key nearest to `unknown` (`limits.conect_timeout` → `limits.connect_timeout`),
+/// when one is close enough to be what was meant.
+fn nearest(unknown: &str, known: &[String]) -> Option<String> {
+    // `flows[2].hosst` is looked up as `flows.hosst`.
+    let bare: String = {
+        let mut out = String::new();
+        let mut skip = false;
+        for c in unknown.chars() {
+            match c {
+                '[' => skip = true,
+                ']' => skip = false,
+                c if !skip => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    };
+    let (best, distance) = known
+        .iter()
+        .map(|k| (k, edit_distance(&bare, k)))
+        .min_by_key(|(_, d)| *d)?;
+    let budget = (bare.len() / 6).clamp(1, 3);
+    (distance > 0 && distance <= budget).then(|| {
+        // Give it back in the form the user wrote (`flows[2].hosts`).
+        let prefix = unknown.rsplit_once('.').map_or("", |(p, _)| p);
+        let last = best.rsplit('.').next().unwrap_or(best);
+        if prefix.is_empty() || !unknown.contains('.') || !best.contains('.') {
+            best.clone()
+        } else if bare.rsplit_once('.').map(|(p, _)| p) == best.rsplit_once('.').map(|(p, _)| p) {
+            format!("{prefix}.{last}")
+        } else {
+            best.clone()
+        }
+    })
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn invalid(path: &str, message: String) -> ConfigError {

@@ -1,11 +1,41 @@
 //! The configuration as written: serde types mirroring the TOML, lenient in their value
 //! types so that validation can report every problem with its key path.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// A list key written as one value (`proxy = "0.0.0.0:3128"`) or as a list.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+fn one_or_many_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    one_or_many(d).map(Some)
+}
+
+/// A secret written in the file: refused by validation, read only to be dropped (zeroized).
+#[derive(Debug)]
+pub struct Refused;
+
+impl<'de> Deserialize<'de> for Refused {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Refused, D::Error> {
+        let _ = zeroize::Zeroizing::new(String::deserialize(d)?);
+        Ok(Refused)
+    }
+}
 
 #[derive(Debug, Deserialize)]
 pub struct RawConfig {
     pub profile: String,
+    #[serde(deserialize_with = "one_or_many")]
     pub environments: Vec<String>,
     pub listen: RawListen,
     #[serde(default)]
@@ -20,15 +50,24 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub audit: RawAudit,
     pub admin: RawAdmin,
+    pub pages: RawPages,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPages {
+    pub contact: String,
+    pub language: String,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawAdmin {
+    #[serde(deserialize_with = "one_or_many")]
     pub allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawListen {
+    #[serde(deserialize_with = "one_or_many")]
     pub proxy: Vec<String>,
     pub via: String,
     pub admin: Option<String>,
@@ -37,11 +76,13 @@ pub struct RawListen {
 #[derive(Debug, Deserialize)]
 pub struct RawPac {
     pub proxy: String,
+    #[serde(deserialize_with = "one_or_many")]
     pub direct: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawClients {
+    #[serde(default, deserialize_with = "one_or_many_opt")]
     pub allow: Option<Vec<String>>,
 }
 
@@ -78,6 +119,7 @@ pub struct RawProfile {
 #[derive(Debug, Deserialize)]
 pub struct RawRouting {
     pub default: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
     pub direct: Vec<String>,
     pub bypass_covotem_server: bool,
 }
@@ -90,7 +132,7 @@ pub struct RawUpstream {
     pub user: Option<String>,
     pub domain: Option<String>,
     /// Refused with a message: secrets do not belong in the config file. Never kept.
-    pub password: Option<serde::de::IgnoredAny>,
+    pub password: Option<Refused>,
     pub password_env: Option<String>,
     pub password_file: Option<String>,
     pub nt_hash_file: Option<String>,
@@ -110,6 +152,7 @@ fn auth_none() -> String {
 
 #[derive(Debug, Deserialize)]
 pub struct RawResolve {
+    #[serde(deserialize_with = "one_or_many")]
     pub connect_to: Vec<String>,
 }
 
@@ -136,4 +179,5 @@ pub struct RawAudit {
     pub format: String,
     pub queue: i64,
     pub on_full: String,
+    pub key_file: Option<String>,
 }

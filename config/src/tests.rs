@@ -66,17 +66,32 @@ fn unknown_keys_are_errors_with_their_path() {
         &[],
     );
     assert!(
-        p.contains(&"listen.proxi: unknown key".to_string()),
+        p.contains(&"listen.proxi: unknown key; did you mean listen.proxy?".to_string()),
         "{p:?}"
     );
     assert!(
-        p.contains(&"limits.burts: unknown key".to_string()),
+        p.contains(&"limits.burts: unknown key; did you mean limits.burst?".to_string()),
         "{p:?}"
     );
     let p = problems("", &[("PASSERELLE__LISTEN__PROXI", "x")]);
     assert_eq!(
         p,
-        ["listen.proxi: unknown key (from the environment variable PASSERELLE__LISTEN__PROXI)"]
+        ["listen.proxi: unknown key (from the environment variable PASSERELLE__LISTEN__PROXI); did you mean listen.proxy?"]
+    );
+    // Nothing near: no suggestion.
+    let p = problems(
+        "[[flows]]\nid = \"x\"\nhosts = [\"a.b\"]\nports = [1]\nzzzzzzzz = 1\n",
+        &[],
+    );
+    assert_eq!(p, ["flows[0].zzzzzzzz: unknown key"], "{p:?}");
+    let p = problems(
+        "[[flows]]\nid = \"x\"\nhosts = [\"a.b\"]\nports = [1]\nhost = [\"a.b\"]\n",
+        &[],
+    );
+    assert_eq!(
+        p,
+        ["flows[0].host: unknown key; did you mean flows[0].hosts?"],
+        "{p:?}"
     );
 }
 

@@ -84,8 +84,13 @@ pub(crate) fn compile(
     env: &Env,
     source: Option<PathBuf>,
     digest: String,
+    options: crate::Options,
 ) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
+    let secrets = Secrets {
+        env,
+        read: options.secrets,
+    };
 
     let listen = listen(&raw, &mut p);
     let clients = clients(&raw, &listen, &mut p);
@@ -95,21 +100,30 @@ pub(crate) fn compile(
         .upstream
         .iter()
         .enumerate()
-        .filter_map(|(i, u)| upstream(u, &format!("upstream[{i}]"), env, &listen, &mut p))
+        .filter_map(|(i, u)| upstream(u, &format!("upstream[{i}]"), &secrets, &listen, &mut p))
         .collect();
     let routing = routing(&raw, !raw.upstream.is_empty(), &mut p);
     let pac = pac(&raw, &mut p);
     let resolve = resolve(&raw, &mut p);
     let limits = limits(&raw, &mut p);
-    let audit = audit(&raw, &mut p);
+    let audit = audit(&raw, options.secrets, &mut p);
     let admin = crate::Admin {
         allow: cidrs(&raw.admin.allow, "admin.allow", &mut p),
+    };
+    let pages = crate::Pages {
+        contact: raw.pages.contact.trim().to_string(),
+        language: raw.pages.language.parse().unwrap_or_else(|e: String| {
+            p.add("pages.language", e);
+            crate::PageLanguage::Fr
+        }),
     };
 
     if !p.0.is_empty() {
         return Err(p.0);
     }
+    let warnings = warnings(&routing);
     Ok(Config {
+        warnings,
         policy: Policy::new(flows, clients, routing),
         listen,
         upstreams,
@@ -118,9 +132,31 @@ pub(crate) fn compile(
         limits,
         audit,
         admin,
+        pages,
         digest,
         source,
     })
+}
+
+/// Where secrets come from: the injected environment and files, or nowhere (validation
+/// without secrets: a placeholder stands in for each one named).
+struct Secrets<'a> {
+    env: &'a Env,
+    read: bool,
+}
+
+/// Valid, but probably not what was meant.
+fn warnings(routing: &Routing) -> Vec<Problem> {
+    let mut w = Vec::new();
+    if routing.default == Route::Upstream && routing.bypass_covotem_server {
+        w.push(Problem {
+            path: "routing.bypass_covotem_server".to_string(),
+            message: "the Covotem server goes direct while the rest goes through the parent: on \
+                      a jump host whose only way out is the parent, set it to false"
+                .to_string(),
+        });
+    }
+    w
 }
 
 fn listen(raw: &RawConfig, p: &mut Problems) -> Listen {
@@ -312,27 +348,49 @@ fn flow(
     let mut hosts = Vec::new();
     let mut ips = Vec::new();
     for (i, h) in f.hosts.iter().enumerate() {
-        match Host::parse(h.trim()) {
+        let h = h.trim();
+        match Host::parse(h) {
             Ok(Host::Name(n)) => hosts.push(n),
             Ok(Host::Ip(ip)) => ips.push(ip),
+            Err(_) if h.starts_with("*.") || h.starts_with('.') => p.add(
+                format!("{path}.hosts[{i}]"),
+                format!(
+                    "{h:?}: flows take exact names, list each host (a wildcard would open a whole \
+                     domain; routing.direct is where patterns go)"
+                ),
+            ),
+            Err(_) if h.contains("://") || h.contains('/') => p.add(
+                format!("{path}.hosts[{i}]"),
+                format!("{h:?}: a host name, without scheme or path"),
+            ),
             Err(e) => p.add(format!("{path}.hosts[{i}]"), e.to_string()),
         }
     }
     for (i, ip) in f.ips.iter().enumerate() {
-        match ip
-            .trim()
+        let text = ip.trim();
+        match text
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
         {
             Ok(ip) => ips.push(normalize_ip(ip)),
+            Err(_) if text.parse::<SocketAddr>().is_ok() => p.add(
+                format!("{path}.ips[{i}]"),
+                format!(
+                    "{text:?} is an address and a port: ips takes addresses, ports go in ports"
+                ),
+            ),
+            Err(_) if text.parse::<IpNet>().is_ok() => p.add(
+                format!("{path}.ips[{i}]"),
+                format!("{text:?} is a network: ips takes the documented addresses one by one"),
+            ),
             Err(_) => p.add(
                 format!("{path}.ips[{i}]"),
-                format!("{ip:?} is not an IP address"),
+                format!("{text:?} is not an IP address"),
             ),
         }
     }
-    if hosts.is_empty() && ips.is_empty() {
+    if hosts.is_empty() && ips.is_empty() && f.hosts.is_empty() && f.ips.is_empty() {
         p.add(
             format!("{path}.hosts"),
             "a flow needs at least one host or IP",
@@ -473,7 +531,7 @@ fn routing(raw: &RawConfig, has_parents: bool, p: &mut Problems) -> Routing {
 fn upstream(
     u: &RawUpstream,
     path: &str,
-    env: &Env,
+    secrets: &Secrets,
     listen: &Listen,
     p: &mut Problems,
 ) -> Option<Upstream> {
@@ -566,8 +624,16 @@ fn upstream(
             "give only one of password_env, password_file, nt_hash_file",
         );
     }
-    let secret = if let Some(var) = &u.password_env {
-        match env.get(var) {
+    let secret = if !secrets.read {
+        if u.nt_hash_file.is_some() {
+            Some(Secret::NtHash([0; 16]))
+        } else if u.password_env.is_some() || u.password_file.is_some() {
+            Some(Secret::Password("(not read)".to_string()))
+        } else {
+            None
+        }
+    } else if let Some(var) = &u.password_env {
+        match secrets.env.get(var) {
             Some(v) if !v.is_empty() => Some(Secret::Password(v.clone())),
             _ => {
                 p.add(
@@ -588,7 +654,7 @@ fn upstream(
     } else {
         None
     };
-    let kerberos = kerberos(u, path, auth, &host, secret.as_ref(), p);
+    let kerberos = kerberos(u, path, auth, &host, secret.as_ref(), secrets.read, p);
     let credentials = match (&u.user, secret) {
         (Some(user), Some(secret)) => Credentials::new(user, u.domain.as_deref(), secret)
             .map_err(|e| p.add(format!("{path}.user"), e.to_string()))
@@ -597,7 +663,7 @@ fn upstream(
             p.add(format!("{path}.user"), "a secret is given but no user");
             None
         }
-        (Some(_), None) if sources == 0 && kerberos.is_none() => {
+        (Some(_), None) if sources == 0 && kerberos.is_none() && u.password.is_none() => {
             p.add(
                 path.to_string(),
                 "user is set but no password_env, password_file or nt_hash_file",
@@ -672,6 +738,7 @@ fn kerberos(
     auth: AuthMode,
     host: &Host,
     secret: Option<&Secret>,
+    read_secrets: bool,
     p: &mut Problems,
 ) -> Option<crate::Kerberos> {
     let principal_form = u.user.as_deref().is_some_and(|user| user.contains('@'));
@@ -700,7 +767,12 @@ fn kerberos(
         return None;
     }
     let source = if let Some(file) = &u.keytab_file {
-        if let Err(e) = std::fs::File::open(file) {
+        let readable = if read_secrets {
+            std::fs::File::open(file).map(drop)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = readable {
             p.add(
                 format!("{path}.keytab_file"),
                 format!("cannot read the keytab {file}: {e}"),
@@ -856,7 +928,7 @@ fn at_least(p: &mut Problems, path: &str, value: i64, min: u32) -> u32 {
     }
 }
 
-fn audit(raw: &RawConfig, p: &mut Problems) -> Audit {
+fn audit(raw: &RawConfig, read_secrets: bool, p: &mut Problems) -> Audit {
     let a = &raw.audit;
     let sink = match (a.sink.as_str(), &a.path) {
         ("stdout", _) => AuditSink::Stdout,
@@ -915,10 +987,34 @@ fn audit(raw: &RawConfig, p: &mut Problems) -> Audit {
             1
         }
     };
+    let key_file = a.key_file.as_ref().map(PathBuf::from);
+    if let (Some(path), true) = (&key_file, read_secrets) {
+        match std::fs::read(path) {
+            Ok(key) if key.len() >= 16 => {}
+            Ok(_) => p.add(
+                "audit.key_file",
+                format!(
+                    "{} holds less than 16 bytes: too short a key",
+                    path.display()
+                ),
+            ),
+            Err(e) => p.add(
+                "audit.key_file",
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+    }
+    if key_file.is_some() && format == AuditFormat::Squid {
+        p.add(
+            "audit.key_file",
+            "the chain is in the JSON format only (the Squid line has no room for it)",
+        );
+    }
     Audit {
         sink,
         format,
         queue,
         drop_when_full,
+        key_file,
     }
 }

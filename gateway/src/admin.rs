@@ -15,7 +15,7 @@ use passerelle_config::Route;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 use crate::body::{full, Body};
 use crate::limits::Connections;
 use crate::metrics::Gauges;
@@ -47,7 +47,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, closing: Cancella
                 &shared,
                 client,
                 None,
-                "client_not_allowed",
+                Reason::ClientNotAllowed,
                 "not in admin.allow",
             );
             continue;
@@ -59,7 +59,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, closing: Cancella
                 &shared,
                 client,
                 None,
-                "too_many_connections",
+                Reason::TooManyConnections,
                 "too many admin connections",
             );
             continue;
@@ -82,16 +82,16 @@ fn refused(
     shared: &Shared,
     client: SocketAddr,
     req: Option<&Request<Incoming>>,
-    reason: &str,
+    reason: Reason,
     detail: &str,
 ) {
     shared.audit.refusal(AuditEvent {
-        event: "admin",
+        event: EventKind::Admin,
         client: Some(client.to_string()),
         method: req.map(|r| r.method().to_string()),
         path: req.map(|r| r.uri().path().chars().take(256).collect()),
-        decision: Some("deny"),
-        reason: Some(reason.to_string()),
+        decision: Some(Decision::Deny),
+        reason: Some(reason),
         detail: Some(detail.to_string()),
         status: req.map(|_| 403),
         ..AuditEvent::default()
@@ -114,7 +114,7 @@ async fn answer(
             &shared,
             client,
             Some(&req),
-            "client_not_allowed",
+            Reason::ClientNotAllowed,
             "not in admin.allow",
         );
         return Ok(text(
@@ -127,7 +127,7 @@ async fn answer(
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            shared.audit.metrics().render(&gauges(&shared)),
+            shared.audit.metrics().render(gauges(&shared)),
         ),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => match readiness(&shared) {
@@ -149,7 +149,7 @@ async fn answer(
                 &shared,
                 client,
                 Some(&req),
-                "reload_unconfirmed",
+                Reason::ReloadUnconfirmed,
                 "POST /reload without the X-Passerelle-Reload header",
             );
             text(
@@ -186,28 +186,16 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 
 fn gauges(shared: &Shared) -> Gauges {
     let runtime = shared.runtime.load();
+    let o = std::sync::atomic::Ordering::Relaxed;
     Gauges {
         connections_open: shared.connections.open(),
-        connections_refused_total: shared
-            .connections
-            .refused_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        connections_refused_per_client: shared
-            .connections
-            .refused_per_client
-            .load(std::sync::atomic::Ordering::Relaxed),
-        connections_refused_not_allowed: shared
-            .connections
-            .refused_not_allowed
-            .load(std::sync::atomic::Ordering::Relaxed),
         audit_queued: shared.audit.queued(),
-        audit_dropped: shared.audit.dropped(),
+        audit_dropped: shared.audit.dropped_count(),
         parents: runtime
             .parents
             .list()
             .iter()
             .map(|p| {
-                let o = std::sync::atomic::Ordering::Relaxed;
                 (
                     p.url.clone(),
                     p.learnt.health.state().as_str(),

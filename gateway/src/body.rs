@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 
-use crate::audit::Recorder;
+use crate::audit::{Reason, Recorder};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -86,8 +86,8 @@ where
                 this.done = true;
                 let e: BoxError = e.into();
                 this.record.reason(match this.direction {
-                    Direction::Up => "client_body_error",
-                    Direction::Down => "origin_body_error",
+                    Direction::Up => Reason::ClientBodyError,
+                    Direction::Down => Reason::OriginBodyError,
                 });
                 Poll::Ready(Some(Err(e)))
             }

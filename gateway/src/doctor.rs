@@ -431,12 +431,15 @@ async fn parent_probe(parent: &Parent, flow: Option<&Arc<Flow>>, runtime: &Runti
             format!("reachable, credentials accepted (CONNECT {target})"),
         ),
         Err(e) => {
-            let hint = match e.code() {
-                "parent_auth_failed" => {
+            use crate::audit::Reason;
+            let hint = match e.reason() {
+                Reason::ParentAuthFailed => {
                     "check user, domain and password; Passerelle backs off to protect the account"
                 }
-                "parent_auth_unsupported" => "set auth to a scheme the parent offers",
-                "parent_unreachable" => "check the parent's address and the jump host's firewall",
+                Reason::ParentAuthUnsupported => "set auth to a scheme the parent offers",
+                Reason::ParentUnreachable => {
+                    "check the parent's address and the jump host's firewall"
+                }
                 _ => "the parent refused the probe: ask the proxy team to allow the Covotem flows",
             };
             Check::fail("parent", url, e.to_string(), hint)

@@ -5,7 +5,9 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use passerelle_config::DenyReason;
 
+use crate::audit::Reason;
 use crate::body::{full, Body};
+use crate::pages::Page;
 use crate::upstream::UpstreamError;
 
 /// Failures reaching the next hop (the origin, or a parent proxy).
@@ -65,14 +67,15 @@ impl std::fmt::Display for Hop {
 }
 
 impl ConnectError {
-    pub fn code(&self) -> &'static str {
+    /// The audit's reason.
+    pub fn reason(&self) -> Reason {
         match self {
-            ConnectError::Resolve { .. } | ConnectError::NoAddress { .. } => "dns_failed",
-            ConnectError::Internal { .. } => "internal_address",
-            ConnectError::Timeout { .. } => "connect_timeout",
-            ConnectError::Io { .. } => "connect_failed",
-            ConnectError::Tls { .. } => "tls_failed",
-            ConnectError::Http { .. } => "upstream_protocol",
+            ConnectError::Resolve { .. } | ConnectError::NoAddress { .. } => Reason::DnsFailed,
+            ConnectError::Internal { .. } => Reason::InternalAddress,
+            ConnectError::Timeout { .. } => Reason::ConnectTimeout,
+            ConnectError::Io { .. } => Reason::ConnectFailed,
+            ConnectError::Tls { .. } => Reason::TlsFailed,
+            ConnectError::Http { .. } => Reason::UpstreamProtocol,
         }
     }
 }
@@ -113,23 +116,23 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// The audit's stable `reason`.
-    pub fn code(&self) -> &'static str {
+    /// The audit's reason.
+    pub fn reason(&self) -> Reason {
         match self {
-            GatewayError::BadRequest(_) => "bad_request",
-            GatewayError::OriginForm => "origin_form",
-            GatewayError::HttpsForward => "https_forward",
-            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
-            GatewayError::Loop(_) => "loop",
-            GatewayError::RateLimited(_) => "rate_limited",
-            GatewayError::UriTooLong(_) => "uri_too_long",
-            GatewayError::TransferCoding(_) => "transfer_coding",
-            GatewayError::HeaderTooLarge(_) => "header_too_large",
-            GatewayError::ClientBody(_) => "client_body_error",
-            GatewayError::ResponseTimeout(_) => "response_timeout",
-            GatewayError::Denied { reason, .. } => reason.code(),
-            GatewayError::Connect(e) => e.code(),
-            GatewayError::Upstream(e) => e.code(),
+            GatewayError::BadRequest(_) => Reason::BadRequest,
+            GatewayError::OriginForm => Reason::OriginForm,
+            GatewayError::HttpsForward => Reason::HttpsForward,
+            GatewayError::MethodNotAllowed(_) => Reason::MethodNotAllowed,
+            GatewayError::Loop(_) => Reason::Loop,
+            GatewayError::RateLimited(_) => Reason::RateLimited,
+            GatewayError::UriTooLong(_) => Reason::UriTooLong,
+            GatewayError::TransferCoding(_) => Reason::TransferCoding,
+            GatewayError::HeaderTooLarge(_) => Reason::HeaderTooLarge,
+            GatewayError::ClientBody(_) => Reason::ClientBodyError,
+            GatewayError::ResponseTimeout(_) => Reason::ResponseTimeout,
+            GatewayError::Denied { reason, .. } => reason.into(),
+            GatewayError::Connect(e) => e.reason(),
+            GatewayError::Upstream(e) => e.reason(),
         }
     }
 
@@ -155,20 +158,23 @@ impl GatewayError {
         }
     }
 
-    /// The response: status, and a one-line body that says what failed and where.
-    pub fn into_response(self) -> Response<Body> {
+    /// The response: the status, and a page that says what failed, why, and how to find it
+    /// again (see [`crate::pages`]).
+    pub fn respond(self, page: &Page) -> Response<Body> {
         let status = self.status();
-        let mut text = format!("passerelle: {self}\n");
-        if let GatewayError::Denied { .. } = self {
-            text.push_str("Ask your IT team to add a flow if this destination is needed; `passerelle check-config` lists the allowed ones.\n");
-        }
-        let mut response = Response::new(full(Bytes::from(text)));
+        let (body, content_type) = page.render(std::time::SystemTime::now());
+        let mut response = Response::new(full(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        if page.html {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static(
+                    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'",
+                ),
+            );
+        }
+        headers.insert(header::CONTENT_TYPE, content_type);
         headers.insert(
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),

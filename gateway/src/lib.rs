@@ -2,6 +2,9 @@
 //! ([`service`]), connectors (direct and parent), relays, and the audit writer.
 //! [`Gateway::start`] runs it in-process (tests do), the `passerelle` binary around it.
 
+/// The commit this binary was built from (`PASSERELLE_COMMIT`, or git's).
+pub const COMMIT: &str = env!("PASSERELLE_COMMIT");
+
 pub mod admin;
 pub mod audit;
 pub mod body;
@@ -13,11 +16,12 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pac;
+pub mod pages;
 pub mod pool;
 pub mod relay;
 pub mod report;
+pub mod runtime;
 pub mod service;
-pub mod sink;
 pub mod sni;
 pub mod upstream;
 
@@ -39,15 +43,62 @@ use crate::service::{Runtime, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{key}: cannot listen on {addr}")]
     Bind {
+        key: String,
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the audit sink: {0}")]
-    Audit(std::io::Error),
+    #[error("{key}: cannot open the audit sink {what}")]
+    Audit {
+        key: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("upstream: {0}")]
     Parents(String),
+}
+
+impl StartError {
+    fn audit(settings: &passerelle_config::Audit, source: std::io::Error) -> StartError {
+        use passerelle_config::{AuditSink, SyslogTarget};
+        let (key, what) = match &settings.sink {
+            AuditSink::Stdout => ("audit.sink", "stdout".to_string()),
+            AuditSink::File(path) => ("audit.path", path.display().to_string()),
+            AuditSink::Syslog(SyslogTarget::Unix(path)) => {
+                ("audit.syslog", format!("unix:{}", path.display()))
+            }
+            AuditSink::Syslog(SyslogTarget::Udp(addr)) => ("audit.syslog", format!("udp:{addr}")),
+        };
+        StartError::Audit { key, what, source }
+    }
+}
+
+/// What `check-config --preflight` adds to validation: each listener can be bound, the audit
+/// sink can be opened (both released at once). Every failure, with its key.
+pub fn preflight(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let listeners = config
+        .listen
+        .proxy
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("listen.proxy[{i}]"), *a))
+        .chain(config.listen.admin.map(|a| ("listen.admin".to_string(), a)));
+    for (key, addr) in listeners {
+        if let Err(source) = std::net::TcpListener::bind(addr) {
+            problems.push(format!("{key}: cannot listen on {addr}: {source}"));
+        }
+    }
+    if let Err(source) = audit::sink::Sink::open(&config.audit.sink) {
+        problems.push(format!(
+            "{:#}",
+            anyhow::Error::from(StartError::audit(&config.audit, source))
+        ));
+    }
+    problems
 }
 
 /// A running gateway.
@@ -65,20 +116,28 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every listener, opens the audit sink, and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let (audit, writer) = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
+        let (audit, writer) = AuditLog::open(&config.audit, &config.digest)
+            .map_err(|e| StartError::audit(&config.audit, e))?;
         let admin = match config.listen.admin {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            key: "listen.admin".to_string(),
+                            addr,
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         let mut listeners = Vec::new();
-        for addr in &config.listen.proxy {
+        for (i, addr) in config.listen.proxy.iter().enumerate() {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind {
+                    key: format!("listen.proxy[{i}]"),
                     addr: *addr,
                     source,
                 })?;
@@ -107,10 +166,9 @@ impl Gateway {
             reload: reload_tx,
         });
         let closing = CancellationToken::new();
-        let mut proxy_addrs = Vec::new();
+        let proxy_addrs = bound;
         let mut accept_tasks = Vec::new();
         for listener in listeners {
-            proxy_addrs.push(listener.local_addr().map_err(StartError::Audit)?);
             accept_tasks.push(tokio::spawn(listener::accept(
                 listener,
                 shared.clone(),
@@ -119,13 +177,13 @@ impl Gateway {
         }
         let admin_addr = match admin {
             Some(listener) => {
-                let addr = listener.local_addr().map_err(StartError::Audit)?;
+                let addr = listener.local_addr().ok();
                 accept_tasks.push(tokio::spawn(admin::serve(
                     listener,
                     shared.clone(),
                     closing.clone(),
                 )));
-                Some(addr)
+                addr
             }
             None => None,
         };
@@ -211,16 +269,14 @@ impl Gateway {
                 let after = runtime.config.digest.clone();
                 self.shared.runtime.store(Arc::new(runtime));
                 self.shared.origins.clear();
-                self.shared
-                    .audit
-                    .reload(true, None, &before, Some(&after), by);
+                self.shared.audit.reload(None, &before, Some(&after), by);
                 tracing::info!(digest = %after, "reload.accepted");
                 Ok(())
             }
             Err(problems) => {
                 self.shared
                     .audit
-                    .reload(false, Some(problems.clone()), &before, None, by);
+                    .reload(Some(problems.clone()), &before, None, by);
                 tracing::error!("reload.refused: the running configuration stays\n{problems}");
                 Err(problems)
             }

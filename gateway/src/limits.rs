@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -23,9 +23,6 @@ pub fn rate_limiter(limits: &Limits) -> RateLimiter {
 pub struct Connections {
     total: AtomicUsize,
     per_client: Mutex<HashMap<IpAddr, u32>>,
-    pub refused_total: AtomicU64,
-    pub refused_per_client: AtomicU64,
-    pub refused_not_allowed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +36,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn code(self) -> &'static str {
+    pub fn reason(self) -> crate::audit::Reason {
+        use crate::audit::Reason;
         match self {
-            Refusal::Total => "too_many_connections",
-            Refusal::PerClient => "client_connection_limit",
-            Refusal::NotAllowed => "client_not_allowed",
+            Refusal::Total => Reason::TooManyConnections,
+            Refusal::PerClient => Reason::ClientConnectionLimit,
+            Refusal::NotAllowed => Reason::ClientNotAllowed,
         }
     }
 }
@@ -67,11 +65,6 @@ impl Connections {
         )
     }
 
-    /// A client connection outside the allow list, closed at accept.
-    pub fn not_allowed(&self) {
-        self.refused_not_allowed.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn admit_within(
         self: &Arc<Self>,
         ip: IpAddr,
@@ -80,7 +73,6 @@ impl Connections {
     ) -> Result<Admitted, Refusal> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            self.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Total);
         }
         let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
@@ -88,7 +80,6 @@ impl Connections {
         if *count >= max_per_client {
             drop(per_client);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            self.refused_per_client.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::PerClient);
         }
         *count += 1;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 use passerelle_config::ClientInfo;
 
 use crate::connect::tune;
@@ -77,14 +77,11 @@ pub async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: Cancell
 ///
 /// [`AuditLog::refusal`]: crate::audit::AuditLog::refusal
 fn refuse(stream: TcpStream, client: SocketAddr, refusal: Refusal, shared: &Shared) {
-    if refusal == Refusal::NotAllowed {
-        shared.connections.not_allowed();
-    }
     shared.audit.refusal(AuditEvent {
-        event: "request",
+        event: EventKind::Request,
         client: Some(client.to_string()),
-        decision: Some("deny"),
-        reason: Some(refusal.code().to_string()),
+        decision: Some(Decision::Deny),
+        reason: Some(refusal.reason()),
         detail: (refusal == Refusal::NotAllowed)
             .then(|| "not in clients.allow: closed at accept".to_string()),
         status: (refusal == Refusal::PerClient).then_some(503),
@@ -157,22 +154,22 @@ async fn serve(
 /// quiet after its requests is not a refusal: it is counted, not audited.
 fn audit_connection_error(shared: &Shared, client: SocketAddr, error: &hyper::Error, served: bool) {
     let (reason, status) = if error.is_parse_too_large() {
-        ("header_too_large", Some(431))
+        (Reason::HeaderTooLarge, Some(431))
     } else if error.is_parse() {
-        ("malformed_request", Some(400))
+        (Reason::MalformedRequest, Some(400))
     } else if error.is_timeout() && served {
         shared.audit.metrics().idle_connection_closed();
         return;
     } else if error.is_timeout() {
-        ("header_timeout", None)
+        (Reason::HeaderTimeout, None)
     } else {
         return;
     };
     shared.audit.event(AuditEvent {
-        event: "request",
+        event: EventKind::Request,
         client: Some(client.to_string()),
-        decision: Some("deny"),
-        reason: Some(reason.to_string()),
+        decision: Some(Decision::Deny),
+        reason: Some(reason),
         detail: Some(error.to_string()),
         status,
         ..AuditEvent::default()

@@ -27,7 +27,15 @@ enum Command {
     /// Run the gateway (the default command). SIGHUP reloads, SIGTERM/SIGINT stop gracefully.
     Run,
     /// Validate the configuration; print the effective flows, or every problem (exit 2).
-    CheckConfig,
+    CheckConfig {
+        /// Also bind each listener and open the audit sink (and release them): what the
+        /// service needs to start (the systemd unit's ExecStartPre).
+        #[arg(long)]
+        preflight: bool,
+        /// Check the secrets' keys, not their contents (where the secrets are not).
+        #[arg(long, conflicts_with = "preflight")]
+        without_secrets: bool,
+    },
     /// Print a commented configuration with every key and its default.
     PrintDefaultConfig,
     /// Read a password (without echo) and print its NT hash, for `nt_hash_file`.
@@ -42,12 +50,48 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
-    /// Summarize audit logs (JSON lines) for the security team.
+    /// Summarize audit logs (JSON lines) for the security team, the chain's verdict first.
     Report {
         /// Audit files, oldest first.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write a self-contained HTML report (charts, no script) to this file.
+        #[arg(long, value_name = "OUT")]
+        html: Option<PathBuf>,
+        /// Only this client (an address or a network: 10.20.30.4, 10.20.30.0/24).
+        #[arg(long)]
+        client: Option<String>,
+        /// From this time on (UTC: 2026-11-29, "2026-11-29 14:00"; or 24h ago).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// The chain's key (audit.key_file), to verify a keyed chain.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// The audit log's tamper evidence.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain over the files, oldest first: exit 0 only when nothing was edited,
+    /// removed, inserted or reordered and no record is missing.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The chain's key (audit.key_file), when the chain is keyed.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -57,13 +101,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),
-        Command::CheckConfig => check_config(cli.config.as_deref()),
+        Command::CheckConfig {
+            preflight,
+            without_secrets,
+        } => check_config(cli.config.as_deref(), preflight, without_secrets),
         Command::PrintDefaultConfig => {
             print!("{}", passerelle_config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
-        Command::Report { files, json } => report(&files, json),
+        Command::Report {
+            files,
+            json,
+            html,
+            client,
+            since,
+            until,
+            key_file,
+        } => report(
+            &files,
+            json,
+            html.as_deref(),
+            client,
+            since,
+            until,
+            key_file.as_deref(),
+        ),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    files,
+                    key_file,
+                    json,
+                },
+        } => verify(&files, key_file.as_deref(), json),
         Command::Doctor { json, ca_file } => {
             doctor(cli.config.as_deref(), json, ca_file.as_deref())
         }
@@ -127,6 +198,9 @@ fn run(path: Option<&Path>) -> ExitCode {
 }
 
 async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("config: {warning}");
+    }
     let flows: Vec<String> = config
         .policy
         .enabled_flows()
@@ -183,22 +257,41 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_config(path: Option<&Path>) -> ExitCode {
-    let (config, runtime) = match prepare(path) {
-        Ok(ready) => ready,
-        Err(code) => return code,
+fn check_config(path: Option<&Path>, preflight: bool, without_secrets: bool) -> ExitCode {
+    let options = passerelle_config::Options {
+        secrets: !without_secrets,
     };
-    let loops = runtime.block_on(passerelle_gateway::upstream::loops_to_ourselves(
+    let config = match passerelle_config::load_with(path, &env(), options) {
+        Ok(config) => config,
+        Err(e) => return report_problems(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("passerelle: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut problems = runtime.block_on(passerelle_gateway::upstream::loops_to_ourselves(
         &config.upstreams,
         &config.listen.proxy,
         config.limits.connect_timeout,
     ));
-    if !loops.is_empty() {
+    if preflight {
+        problems.extend(passerelle_gateway::preflight(&config));
+    }
+    if !problems.is_empty() {
         eprintln!("passerelle: the configuration is not valid:");
-        for problem in loops {
+        for problem in problems {
             eprintln!("  {problem}");
         }
         return ExitCode::from(2);
+    }
+    for warning in &config.warnings {
+        eprintln!("passerelle: warning: {warning}");
     }
     let policy = &config.policy;
     let rows: Vec<[String; 4]> = policy
@@ -336,26 +429,106 @@ fn hash_password() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn report(files: &[PathBuf], json: bool) -> ExitCode {
+fn chainer(key_file: Option<&Path>) -> Result<passerelle_gateway::audit::chain::Chainer, ExitCode> {
+    let key = match key_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            eprintln!("passerelle: cannot read the key {}: {e}", path.display());
+            ExitCode::from(2)
+        })?),
+        None => None,
+    };
+    Ok(passerelle_gateway::audit::chain::Chainer::new(key))
+}
+
+fn verify(files: &[PathBuf], key_file: Option<&Path>, json: bool) -> ExitCode {
+    let chainer = match chainer(key_file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let verdict = match passerelle_gateway::audit::chain::verify(&paths, &chainer) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("passerelle: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verdict).unwrap_or_default()
+        );
+    } else {
+        println!("{}", passerelle_gateway::report::verdict_line(&verdict));
+    }
+    if verdict.intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    files: &[PathBuf],
+    json: bool,
+    html: Option<&Path>,
+    client: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    key_file: Option<&Path>,
+) -> ExitCode {
+    use passerelle_gateway::report;
+    let bad = |e: String| {
+        eprintln!("passerelle: {e}");
+        ExitCode::from(2)
+    };
+    let mut filter = report::Filter::default();
+    if let Some(c) = client {
+        let net = c
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(net) => filter.client = Some(net),
+            Err(_) => return bad(format!("--client {c:?} is not an address or a network")),
+        }
+    }
+    for (value, slot) in [(since, &mut filter.since), (until, &mut filter.until)] {
+        if let Some(v) = value {
+            match report::parse_time(&v) {
+                Ok(t) => *slot = Some(t),
+                Err(e) => return bad(e),
+            }
+        }
+    }
     let mut text = String::new();
     for file in files {
         match std::fs::read_to_string(file) {
             Ok(t) => text.push_str(&t),
-            Err(e) => {
-                eprintln!("passerelle: cannot read {}: {e}", file.display());
-                return ExitCode::from(2);
-            }
+            Err(e) => return bad(format!("cannot read {}: {e}", file.display())),
         }
         text.push('\n');
     }
-    let summary = passerelle_gateway::report::summarize(text.lines());
+    let chainer = match chainer(key_file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let mut summary = report::summarize(text.lines(), &filter);
+    summary.verification = passerelle_gateway::audit::chain::verify(&paths, &chainer).ok();
+    if let Some(out) = html {
+        let page = report::render_html(&summary, "Passerelle — audit report");
+        if let Err(e) = std::fs::write(out, page) {
+            return bad(format!("cannot write {}: {e}", out.display()));
+        }
+    }
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
     } else {
-        print!("{}", passerelle_gateway::report::render(&summary));
+        print!("{}", report::render(&summary));
     }
     ExitCode::SUCCESS
 }

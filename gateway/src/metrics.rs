@@ -1,38 +1,69 @@
-//! Prometheus metrics, derived from the audit records as they are emitted (so the two never
-//! disagree), plus a few gauges read at scrape time. Label sets are bounded: flow ids,
-//! reason codes, parent URLs from the config; never client addresses or denied hosts.
+//! Prometheus metrics, observed from the typed audit records as they are emitted (so the two
+//! never disagree: a refusal is counted once, from its record), plus values read at scrape
+//! time. Labels are bounded: flow ids, reasons, configured parents; never client addresses
+//! or refused hosts.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 
-#[derive(Default)]
-pub struct Metrics {
-    counters: Mutex<Counters>,
-    pub tunnels_active: AtomicI64,
-    idle_closed: AtomicU64,
-    refusals_folded: AtomicU64,
+impl EncodeLabelValue for Reason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.as_str().encode(encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    kind: &'static str,
+    decision: &'static str,
+    route: &'static str,
+    flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: Reason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    flow: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 #[derive(Default)]
-struct Counters {
-    /// (kind, decision, route, flow)
-    requests: BTreeMap<(&'static str, &'static str, &'static str, String), u64>,
-    denials: BTreeMap<String, u64>,
-    /// (flow, direction)
-    bytes: BTreeMap<(String, &'static str), u64>,
-    reloads: BTreeMap<&'static str, u64>,
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    errors: Family<ReasonLabels, Counter>,
+    bytes: Family<BytesLabels, Counter>,
+    refused_connections: Family<LimitLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    tunnels_active: Gauge,
+    idle_closed: Counter,
+    refusals_folded: Counter,
 }
 
 /// Values read when scraped.
 pub struct Gauges {
     pub connections_open: usize,
-    pub connections_refused_total: u64,
-    pub connections_refused_per_client: u64,
-    pub connections_refused_not_allowed: u64,
     pub audit_queued: u64,
     pub audit_dropped: u64,
     /// (parent url, state, handshakes by scheme: Basic, NTLM, Negotiate, auth failures)
@@ -42,271 +73,248 @@ pub struct Gauges {
 impl Metrics {
     /// Counts one audit record.
     pub fn observe(&self, event: &AuditEvent) {
-        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if event.event == "reload" {
-            let result = if event.decision == Some("allow") {
-                "accepted"
-            } else {
-                "refused"
-            };
-            *c.reloads.entry(result).or_default() += 1;
-            return;
+        match event.event {
+            EventKind::Reload => {
+                let result = if event.decision == Some(Decision::Allow) {
+                    "accepted"
+                } else {
+                    "refused"
+                };
+                self.reloads.get_or_create(&ResultLabels { result }).inc();
+                return;
+            }
+            EventKind::Start | EventKind::Rotate => return,
+            _ => {}
         }
         let kind = match (event.event, event.method.as_deref()) {
-            ("admin", _) => "admin",
+            (EventKind::Admin, _) => "admin",
+            (EventKind::Udp, _) => "udp",
             (_, Some("CONNECT")) => "connect",
             (_, Some(_)) => "forward",
             (_, None) => "connection",
         };
-        let decision = event.decision.unwrap_or("deny");
         let route = match event.route.as_deref() {
             None => "none",
             Some("direct") => "direct",
             Some(_) => "upstream",
         };
         let flow = event.flow.clone().unwrap_or_else(|| "none".to_string());
-        *c.requests
-            .entry((kind, decision, route, flow.clone()))
-            .or_default() += 1;
-        if let Some(reason) = &event.reason {
-            *c.denials.entry(reason.clone()).or_default() += 1;
+        self.requests
+            .get_or_create(&RequestLabels {
+                kind,
+                decision: if event.is_deny() { "deny" } else { "allow" },
+                route,
+                flow: flow.clone(),
+            })
+            .inc();
+        if let Some(reason) = event.reason {
+            self.errors.get_or_create(&ReasonLabels { reason }).inc();
+            let limit = match reason {
+                Reason::TooManyConnections => Some("total"),
+                Reason::ClientConnectionLimit => Some("per_client"),
+                Reason::ClientNotAllowed if kind == "connection" => Some("not_allowed"),
+                _ => None,
+            };
+            if let Some(limit) = limit {
+                self.refused_connections
+                    .get_or_create(&LimitLabels { limit })
+                    .inc();
+            }
         }
-        if event.bytes_up > 0 {
-            *c.bytes.entry((flow.clone(), "up")).or_default() += event.bytes_up;
-        }
-        if event.bytes_down > 0 {
-            *c.bytes.entry((flow, "down")).or_default() += event.bytes_down;
+        for (direction, n) in [("up", event.bytes_up), ("down", event.bytes_down)] {
+            if n > 0 {
+                self.bytes
+                    .get_or_create(&BytesLabels {
+                        flow: flow.clone(),
+                        direction,
+                    })
+                    .inc_by(n);
+            }
         }
     }
 
     /// A keep-alive connection closed after its requests for being idle (not a refusal).
     pub fn idle_connection_closed(&self) {
-        self.idle_closed.fetch_add(1, Ordering::Relaxed);
+        self.idle_closed.inc();
     }
 
     /// A connection-level refusal not written one by one (the audit's flood guard).
     pub fn refusal_folded(&self) {
-        self.refusals_folded.fetch_add(1, Ordering::Relaxed);
+        self.refusals_folded.inc();
     }
 
     pub fn tunnel_opened(&self) {
-        self.tunnels_active.fetch_add(1, Ordering::Relaxed);
+        self.tunnels_active.inc();
     }
 
     pub fn tunnel_closed(&self) {
-        self.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        self.tunnels_active.dec();
     }
 
-    /// The text exposition format (version 0.0.4).
-    pub fn render(&self, gauges: &Gauges) -> String {
-        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::with_capacity(4096);
-        header(
-            &mut out,
-            "passerelle_build_info",
-            "gauge",
-            "Build information.",
+    /// The Prometheus text format (version 0.0.4).
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "passerelle_requests",
+            "Finished requests and tunnels, by kind, decision, route and flow",
+            self.requests.clone(),
         );
-        let _ = writeln!(
-            out,
-            "passerelle_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+        registry.register(
+            "passerelle_request_errors",
+            "Refusals and failures, by audit reason",
+            self.errors.clone(),
         );
-
-        header(
-            &mut out,
-            "passerelle_requests_total",
-            "counter",
-            "Finished requests and tunnels, by kind, decision, route and flow.",
+        registry.register(
+            "passerelle_transferred_bytes",
+            "Body and tunnel bytes, by flow and direction (up: client to target)",
+            self.bytes.clone(),
         );
-        for ((kind, decision, route, flow), n) in &c.requests {
-            let _ = writeln!(
-                out,
-                "passerelle_requests_total{{kind=\"{kind}\",decision=\"{decision}\",route=\"{route}\",flow=\"{}\"}} {n}",
-                escape(flow)
-            );
-        }
-        header(
-            &mut out,
-            "passerelle_request_errors_total",
-            "counter",
-            "Refusals and failures, by audit reason.",
-        );
-        for (reason, n) in &c.denials {
-            let _ = writeln!(
-                out,
-                "passerelle_request_errors_total{{reason=\"{}\"}} {n}",
-                escape(reason)
-            );
-        }
-        header(
-            &mut out,
-            "passerelle_transferred_bytes_total",
-            "counter",
-            "Body and tunnel bytes, by flow and direction (up: client to target).",
-        );
-        for ((flow, direction), n) in &c.bytes {
-            let _ = writeln!(
-                out,
-                "passerelle_transferred_bytes_total{{flow=\"{}\",direction=\"{direction}\"}} {n}",
-                escape(flow)
-            );
-        }
-        header(
-            &mut out,
+        registry.register(
             "passerelle_tunnels_active",
-            "gauge",
-            "Open CONNECT tunnels.",
+            "Open CONNECT tunnels",
+            self.tunnels_active.clone(),
         );
-        let _ = writeln!(
-            out,
-            "passerelle_tunnels_active {}",
-            self.tunnels_active.load(Ordering::Relaxed)
+        registry.register(
+            "passerelle_client_connections_refused",
+            "Client connections refused before their request, by limit",
+            self.refused_connections.clone(),
         );
-        header(
-            &mut out,
-            "passerelle_client_connections",
-            "gauge",
-            "Open client connections.",
+        registry.register(
+            "passerelle_idle_connections_closed",
+            "Keep-alive client connections closed for being idle between requests",
+            self.idle_closed.clone(),
         );
-        let _ = writeln!(
-            out,
-            "passerelle_client_connections {}",
-            gauges.connections_open
+        registry.register(
+            "passerelle_audit_refusals_folded",
+            "Connection-level refusals counted in a later record instead of one each (flood guard)",
+            self.refusals_folded.clone(),
         );
-        header(
-            &mut out,
-            "passerelle_idle_connections_closed_total",
-            "counter",
-            "Keep-alive client connections closed for being idle between requests.",
-        );
-        let _ = writeln!(
-            out,
-            "passerelle_idle_connections_closed_total {}",
-            self.idle_closed.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "passerelle_client_connections_refused_total",
-            "counter",
-            "Client connections refused by a limit.",
-        );
-        let _ = writeln!(
-            out,
-            "passerelle_client_connections_refused_total{{limit=\"total\"}} {}",
-            gauges.connections_refused_total
-        );
-        let _ = writeln!(
-            out,
-            "passerelle_client_connections_refused_total{{limit=\"per_client\"}} {}",
-            gauges.connections_refused_per_client
-        );
-        let _ = writeln!(
-            out,
-            "passerelle_client_connections_refused_total{{limit=\"not_allowed\"}} {}",
-            gauges.connections_refused_not_allowed
-        );
-        header(
-            &mut out,
-            "passerelle_parent_up",
-            "gauge",
-            "Parent proxy state (1 for the current state).",
-        );
-        for (url, state, _, _) in &gauges.parents {
-            for s in ["up", "down", "backoff"] {
-                let _ = writeln!(
-                    out,
-                    "passerelle_parent_up{{parent=\"{}\",state=\"{s}\"}} {}",
-                    escape(url),
-                    u8::from(*state == s)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "passerelle_parent_handshakes_total",
-            "counter",
-            "Successful authentication handshakes with a parent, by scheme.",
-        );
-        for (url, _, handshakes, _) in &gauges.parents {
-            for (scheme, n) in ["basic", "ntlm", "negotiate"].iter().zip(handshakes) {
-                let _ = writeln!(
-                    out,
-                    "passerelle_parent_handshakes_total{{parent=\"{}\",scheme=\"{scheme}\"}} {n}",
-                    escape(url)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "passerelle_parent_auth_failures_total",
-            "counter",
-            "Times a parent refused the gateway's credentials.",
-        );
-        for (url, _, _, failures) in &gauges.parents {
-            let _ = writeln!(
-                out,
-                "passerelle_parent_auth_failures_total{{parent=\"{}\"}} {failures}",
-                escape(url)
-            );
-        }
-        header(
-            &mut out,
-            "passerelle_audit_queue_records",
-            "gauge",
-            "Audit records waiting for the writer.",
-        );
-        let _ = writeln!(
-            out,
-            "passerelle_audit_queue_records {}",
-            gauges.audit_queued
-        );
-        header(
-            &mut out,
-            "passerelle_audit_dropped_total",
-            "counter",
-            "Audit records dropped (audit.on_full = \"drop\").",
-        );
-        let _ = writeln!(
-            out,
-            "passerelle_audit_dropped_total {}",
-            gauges.audit_dropped
-        );
-        header(
-            &mut out,
-            "passerelle_audit_refusals_folded_total",
-            "counter",
-            "Connection-level refusals counted in a later record instead of one each (flood guard).",
-        );
-        let _ = writeln!(
-            out,
-            "passerelle_audit_refusals_folded_total {}",
-            self.refusals_folded.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "passerelle_reloads_total",
-            "counter",
-            "Configuration reloads, by result.",
+        registry.register(
+            "passerelle_reloads",
+            "Configuration reloads, by result",
+            self.reloads.clone(),
         );
         for result in ["accepted", "refused"] {
-            let _ = writeln!(
-                out,
-                "passerelle_reloads_total{{result=\"{result}\"}} {}",
-                c.reloads.get(result).copied().unwrap_or(0)
-            );
+            let _ = self.reloads.get_or_create(&ResultLabels { result });
         }
+        registry.register_collector(Box::new(AtScrape(gauges)));
+        let mut out = String::with_capacity(4096);
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// What is read when scraped, encoded as the metric types they are.
+#[derive(Debug)]
+struct AtScrape(Gauges);
+
+impl std::fmt::Debug for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gauges")
+    }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ParentLabels {
+    parent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ParentStateLabels {
+    parent: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ParentSchemeLabels {
+    parent: String,
+    scheme: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+impl Collector for AtScrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = &self.0;
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| {
+            let metric = ConstGauge::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        gauge(
+            &mut encoder,
+            "passerelle_client_connections",
+            "Open client connections",
+            g.connections_open as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "passerelle_audit_queue_records",
+            "Audit records waiting for the writer",
+            g.audit_queued as i64,
+        )?;
+        let dropped = ConstCounter::new(g.audit_dropped);
+        dropped.encode(encoder.encode_descriptor(
+            "passerelle_audit_dropped",
+            "Audit records dropped (audit.on_full = \"drop\")",
+            None,
+            dropped.metric_type(),
+        )?)?;
+        let info = ConstGauge::new(1i64);
+        let mut family = encoder.encode_descriptor(
+            "passerelle_build_info",
+            "Build information",
+            None,
+            info.metric_type(),
+        )?;
+        info.encode(family.encode_family(&VersionLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            commit: crate::COMMIT,
+        })?)?;
+        let mut up = encoder.encode_descriptor(
+            "passerelle_parent_up",
+            "Parent proxy state (1 for the current state)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (url, state, _, _) in &g.parents {
+            for s in ["up", "down", "backoff"] {
+                ConstGauge::new(i64::from(*state == s)).encode(up.encode_family(
+                    &ParentStateLabels {
+                        parent: url.clone(),
+                        state: s,
+                    },
+                )?)?;
+            }
+        }
+        let mut handshakes = encoder.encode_descriptor(
+            "passerelle_parent_handshakes",
+            "Successful authentication handshakes with a parent, by scheme",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (url, _, by_scheme, _) in &g.parents {
+            for (scheme, n) in ["basic", "ntlm", "negotiate"].into_iter().zip(by_scheme) {
+                ConstCounter::new(*n).encode(handshakes.encode_family(&ParentSchemeLabels {
+                    parent: url.clone(),
+                    scheme,
+                })?)?;
+            }
+        }
+        let mut failures = encoder.encode_descriptor(
+            "passerelle_parent_auth_failures",
+            "Times a parent refused the gateway's credentials",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (url, _, _, n) in &g.parents {
+            ConstCounter::new(*n).encode(failures.encode_family(&ParentLabels {
+                parent: url.clone(),
+            })?)?;
+        }
+        Ok(())
+    }
 }

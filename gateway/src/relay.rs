@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Recorder;
+use crate::audit::{Reason, Recorder};
 use crate::body::Direction;
 use crate::connect::BoxedIo;
 use crate::limits::deadline;
@@ -96,13 +96,9 @@ pub async fn tunnel(
             record.sni(Some(name.clone()));
         }
         if let Err(reason) = sni::verdict(&hello, &rule.target, &rule.flow) {
-            let detail = match &hello {
-                Hello::Name(name) => format!(
-                    "the TLS ClientHello names {name}, not a host of flow {}",
-                    rule.flow.id
-                ),
-                other => format!("TLS check on flow {}: {other:?}", rule.flow.id),
-            };
+            // The client already has its 200 (the check reads the first bytes, which come
+            // after it): the record says deny, with the reason, and status 200.
+            let detail = format!("{}: the tunnel was closed", hello.describe(&rule.flow));
             record.deny(reason, detail, Some(&rule.flow.id));
             return;
         }
@@ -110,7 +106,7 @@ pub async fn tunnel(
     if !first.is_empty() {
         record.add_up(first.len() as u64);
         if upstream.write_all(&first).await.is_err() {
-            record.reason("relay_error");
+            record.reason(Reason::RelayError);
             return;
         }
     }
@@ -155,7 +151,7 @@ async fn supervise(
     meter: &Meter,
     idle: Duration,
     stop: &CancellationToken,
-) -> Option<&'static str> {
+) -> Option<Reason> {
     tokio::pin!(copy);
     loop {
         let last = meter.last_activity();
@@ -164,14 +160,14 @@ async fn supervise(
                 // TLS clients often reset rather than close once done: an ordinary end.
                 Ok(()) => None,
                 Err(e) if is_reset(&e) => None,
-                Err(_) => Some("relay_error"),
+                Err(_) => Some(Reason::RelayError),
             },
             _ = tokio::time::sleep_until(deadline(last, idle)) => {
                 if deadline(meter.last_activity(), idle) <= Instant::now() {
-                    return Some("idle_timeout");
+                    return Some(Reason::IdleTimeout);
                 }
             }
-            _ = stop.cancelled() => return Some("shutdown"),
+            _ = stop.cancelled() => return Some(Reason::Shutdown),
         }
     }
 }

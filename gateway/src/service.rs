@@ -1,91 +1,35 @@
 //! The request path, readable top to bottom: parse the target → decide (allow, then route)
 //! → connect (direct or through a parent) → relay (tunnel or forward) → audit. Errors from
-//! every step become a response in one place ([`GatewayError::into_response`]).
+//! every step become a response in one place ([`GatewayError::respond`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use passerelle_config::{
-    ClientInfo, Config, Decision, DenyReason, Flow, Host, Kind, Route, Target,
+    ClientInfo, Decision, DenyReason, Flow, Host, Kind, PageLanguage, Route, Target,
 };
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::audit::{AuditLog, Recorder};
+use crate::audit::{Lang, Reason, Recorder};
 use crate::body::{empty, Body, Counted, Direction};
-use crate::connect::{connect_any, resolve, Drift};
+use crate::connect::{connect_any, resolve};
 use crate::error::{exchange_error, GatewayError, Hop};
 use crate::headers::{add_via, has_our_via, strip_hop_by_hop};
-use crate::limits::{rate_limiter, Admitted, Connections, RateLimiter};
-use crate::pool::Pool;
+use crate::limits::Admitted;
+use crate::pages::{self, Page};
 use crate::relay::{self, Side};
-use crate::upstream::{Parents, Timeouts};
+pub use crate::runtime::{Runtime, Shared};
 
-/// One configuration and what is built from it; swapped whole on reload.
-pub struct Runtime {
-    pub config: Config,
-    pub parents: Parents,
-    pub limiter: Arc<RateLimiter>,
-}
-
-impl Runtime {
-    /// What `config` runs on; parents whose settings `previous` shares keep what was learnt.
-    /// The rate limiter carries its buckets over when the limits did not change: a reload
-    /// must not hand every client a fresh burst.
-    pub fn new(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
-        let limits = &config.limits;
-        let limiter = match previous {
-            Some(p)
-                if p.config.limits.requests_per_second == limits.requests_per_second
-                    && p.config.limits.burst == limits.burst =>
-            {
-                p.limiter.clone()
-            }
-            _ => Arc::new(rate_limiter(limits)),
-        };
-        Ok(Runtime {
-            parents: Parents::new(
-                &config.upstreams,
-                &config.listen.via,
-                previous.map(|r| &r.parents),
-            )?,
-            limiter,
-            config,
-        })
-    }
-
-    /// The time limits of an exchange for `flow`.
-    pub fn timeouts(&self, flow: &Flow) -> Timeouts {
-        let limits = &self.config.limits;
-        Timeouts {
-            connect: limits.connect_timeout,
-            response: flow.idle_timeout.unwrap_or(limits.idle_timeout),
-        }
-    }
-}
-
-/// What every request shares.
-pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
-    pub audit: AuditLog,
-    pub connections: Arc<Connections>,
-    pub drift: Drift,
-    pub origins: Arc<Pool<(Host, u16)>>,
-    pub tracker: TaskTracker,
-    /// Cancelled when shutdown's grace period is over: tunnels end, records are written.
-    pub stop: CancellationToken,
-    /// The admin endpoint's `POST /reload`, with the client that asked.
-    pub reload: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
-}
+/// The header that carries a response's request id: the audit's `id` for that request, what
+/// the workstation's user gives IT.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-passerelle-request-id");
 
 /// A client connection as the request path sees it.
 #[derive(Clone)]
@@ -106,20 +50,37 @@ pub async fn handle(
     let runtime = shared.runtime.load_full();
     let record = shared.audit.start(conn.client, req.method().as_str()).await;
     let has_body = !req.body().is_end_stream();
-    let response = match proxy(&shared, &runtime, &conn, req, &record).await {
+    let default_lang = match runtime.config.pages.language {
+        PageLanguage::Fr => Lang::Fr,
+        PageLanguage::En => Lang::En,
+    };
+    let (lang, html) = pages::negotiate(req.headers(), default_lang);
+    let what = format!("{} {:.300}", req.method(), req.uri());
+    let mut response = match proxy(&shared, &runtime, &conn, req, &record).await {
         Ok(response) => response,
         Err(error) => {
+            let reason = error.reason();
+            let detail = error.to_string();
+            let refused = error.status() == http::StatusCode::FORBIDDEN;
             match &error {
-                GatewayError::Denied { reason, .. } => {
-                    record.deny(reason.code(), reason.to_string(), reason.flow())
+                GatewayError::Denied { reason: why, .. } => {
+                    record.deny(reason, detail.clone(), why.flow())
                 }
                 // Refused by policy after the decision (a name resolving inside): a refusal.
-                other if other.status() == http::StatusCode::FORBIDDEN => {
-                    record.deny(other.code(), other.to_string(), None)
-                }
-                other => record.fail(other.code(), other.to_string()),
+                _ if refused => record.deny(reason, detail.clone(), None),
+                _ => record.fail(reason, detail.clone()),
             }
-            let mut response = error.into_response();
+            let mut response = error.respond(&Page {
+                what: &what,
+                reason,
+                detail: &detail,
+                id: record.id(),
+                client: conn.client.ip(),
+                contact: &runtime.config.pages.contact,
+                lang,
+                html,
+                refused,
+            });
             // The body may be unread: the connection cannot carry another request.
             if has_body {
                 response
@@ -129,6 +90,9 @@ pub async fn handle(
             response
         }
     };
+    if let Ok(id) = HeaderValue::from_str(record.id()) {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
     record.status(response.status().as_u16());
     Ok(response)
 }
@@ -199,7 +163,7 @@ fn http_inside(
     let stop = shared.stop.clone();
     shared.clone().tracker.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
-            record.reason("client_gone");
+            record.reason(Reason::ClientGone);
             return;
         };
         record.detail("served as HTTP inside the tunnel: one record per request");
@@ -212,7 +176,7 @@ fn http_inside(
             .serve_connection(upgraded, service);
         tokio::select! {
             _ = served => {}
-            _ = stop.cancelled() => record.reason("shutdown"),
+            _ = stop.cancelled() => record.reason(Reason::Shutdown),
         }
         drop(record);
     });
@@ -299,7 +263,7 @@ async fn tunnel(
                 let (client, early) = relay::client_side(upgraded);
                 relay::tunnel(client, early, upstream, plan, record, stop).await
             }
-            Err(_) => record.reason("client_gone"),
+            Err(_) => record.reason(Reason::ClientGone),
         }
         metrics.tunnel_closed();
         drop(slot);

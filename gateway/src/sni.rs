@@ -8,6 +8,8 @@ use std::time::Duration;
 use passerelle_config::{Flow, Host};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::audit::Reason;
+
 /// A ClientHello larger than this is not one we will wait for.
 const MAX_HELLO: usize = 64 * 1024;
 
@@ -68,9 +70,31 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
     }
 }
 
+impl Hello {
+    /// What the first bytes were, in words (for the audit's `detail`).
+    pub fn describe(&self, flow: &Flow) -> String {
+        match self {
+            Hello::Name(name) => format!(
+                "the TLS ClientHello names {name}, not a host of flow {}",
+                flow.id
+            ),
+            Hello::NoName => format!(
+                "the TLS ClientHello names no server, and flow {} does not allow_no_sni",
+                flow.id
+            ),
+            Hello::NotTls => format!(
+                "the tunnel's first bytes are not a TLS ClientHello, and this is a TLS port of flow {}",
+                flow.id
+            ),
+            Hello::Timeout => "no TLS ClientHello within limits.sni_timeout".to_string(),
+            Hello::Closed => "the client closed the tunnel before its ClientHello".to_string(),
+        }
+    }
+}
+
 /// Whether the hello fits the CONNECT target: its name must be the target's or a host of
 /// the same flow. `Err` carries the audit reason.
-pub fn verdict(hello: &Hello, target: &Host, flow: &Flow) -> Result<(), &'static str> {
+pub fn verdict(hello: &Hello, target: &Host, flow: &Flow) -> Result<(), Reason> {
     match hello {
         Hello::Name(name) => {
             let matches = match Host::parse(name) {
@@ -81,16 +105,16 @@ pub fn verdict(hello: &Hello, target: &Host, flow: &Flow) -> Result<(), &'static
             if matches {
                 Ok(())
             } else {
-                Err("sni_mismatch")
+                Err(Reason::SniMismatch)
             }
         }
         Hello::NoName => match target {
             Host::Ip(_) => Ok(()),
             Host::Name(_) if flow.allow_no_sni => Ok(()),
-            Host::Name(_) => Err("no_sni"),
+            Host::Name(_) => Err(Reason::NoSni),
         },
-        Hello::NotTls => Err("not_tls"),
-        Hello::Timeout => Err("sni_timeout"),
-        Hello::Closed => Err("client_gone"),
+        Hello::NotTls => Err(Reason::NotTls),
+        Hello::Timeout => Err(Reason::SniTimeout),
+        Hello::Closed => Err(Reason::ClientGone),
     }
 }

@@ -47,69 +47,20 @@ impl Source {
     }
 }
 
-/// Why Kerberos failed, told apart because each calls for a different fix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The GSS-API library is not installed.
-    Library,
-    NoCredentials,
-    KdcUnreachable,
-    PrincipalUnknown,
-    /// Pre-authentication failed: the password (or keytab key) is wrong. Counts toward the
-    /// account's lockout threshold.
-    PreauthFailed,
-    /// The account is disabled, locked or expired at the KDC.
-    AccountRevoked,
-    ClockSkew,
-    SpnUnknown,
-    /// The parent's token did not verify.
-    BadToken,
-    Other,
-}
+pub use passerelle_auth::KerberosFailure as Failure;
 
-impl Failure {
-    /// The audit's stable reason.
-    pub fn code(self) -> &'static str {
-        match self {
-            Failure::Library => "kerberos_unavailable",
-            Failure::NoCredentials => "kerberos_no_credentials",
-            Failure::KdcUnreachable => "kerberos_kdc_unreachable",
-            Failure::PrincipalUnknown => "kerberos_principal_unknown",
-            Failure::PreauthFailed => "kerberos_preauth_failed",
-            Failure::AccountRevoked => "kerberos_account_revoked",
-            Failure::ClockSkew => "kerberos_clock_skew",
-            Failure::SpnUnknown => "kerberos_spn_unknown",
-            Failure::BadToken => "kerberos_bad_token",
-            Failure::Other => "kerberos_failed",
-        }
-    }
-
-    /// A failure on our side that no exchange with the parent took part in, where NTLM (when
-    /// allowed) might still work: not a wrong password, which would fail there too.
-    pub fn is_local(self) -> bool {
-        matches!(
-            self,
-            Failure::Library
-                | Failure::NoCredentials
-                | Failure::KdcUnreachable
-                | Failure::SpnUnknown
-                | Failure::ClockSkew
-        )
-    }
-
-    /// From MIT's com_err codes (the minor status), `krb5_err.h`.
-    fn from_minor(minor: u32) -> Failure {
-        const BASE: i32 = -1_765_328_384;
-        match minor as i32 - BASE {
-            6 => Failure::PrincipalUnknown,       // KDC_ERR_C_PRINCIPAL_UNKNOWN
-            7 => Failure::SpnUnknown,             // KDC_ERR_S_PRINCIPAL_UNKNOWN
-            18 | 23 => Failure::AccountRevoked,   // KDC_ERR_CLIENT_REVOKED, KDC_ERR_KEY_EXP
-            24 | 31 => Failure::PreauthFailed,    // KDC_ERR_PREAUTH_FAILED, AP_ERR_BAD_INTEGRITY
-            37 => Failure::ClockSkew,             // KRB_AP_ERR_SKEW
-            154 | 156 => Failure::KdcUnreachable, // KRB5_REALM_UNKNOWN, KRB5_KDC_UNREACH
-            141 | 181 | 195 => Failure::NoCredentials, // CC_NOTFOUND, KT_NOTFOUND, FCC_NOFILE
-            _ => Failure::Other,
-        }
+/// From MIT's com_err codes (the minor status), `krb5_err.h`.
+fn failure_of(minor: u32) -> Failure {
+    const BASE: i32 = -1_765_328_384;
+    match minor as i32 - BASE {
+        6 => Failure::PrincipalUnknown,       // KDC_ERR_C_PRINCIPAL_UNKNOWN
+        7 => Failure::SpnUnknown,             // KDC_ERR_S_PRINCIPAL_UNKNOWN
+        18 | 23 => Failure::AccountRevoked,   // KDC_ERR_CLIENT_REVOKED, KDC_ERR_KEY_EXP
+        24 | 31 => Failure::PreauthFailed,    // KDC_ERR_PREAUTH_FAILED, AP_ERR_BAD_INTEGRITY
+        37 => Failure::ClockSkew,             // KRB_AP_ERR_SKEW
+        154 | 156 => Failure::KdcUnreachable, // KRB5_REALM_UNKNOWN, KRB5_KDC_UNREACH
+        141 | 181 | 195 => Failure::NoCredentials, // CC_NOTFOUND, KT_NOTFOUND, FCC_NOFILE
+        _ => Failure::Other,
     }
 }
 
@@ -132,7 +83,7 @@ impl KrbError {
     }
 
     fn from_status(what: impl Into<String>, major: u32, minor: u32) -> KrbError {
-        let mut failure = Failure::from_minor(minor);
+        let mut failure = failure_of(minor);
         let detail = if minor != 0 {
             ffi::describe(minor, ffi::C_MECH_CODE)
         } else {
@@ -545,7 +496,7 @@ impl KrbError {
     /// As the handshake sees it: the stable code, and words naming the SPN and principal.
     fn for_handshake(&self, initiator: &Initiator) -> passerelle_auth::NegotiateError {
         passerelle_auth::NegotiateError {
-            code: self.failure.code(),
+            failure: self.failure,
             detail: format!(
                 "{self} (SPN {}, principal {})",
                 initiator.spn,
@@ -554,7 +505,6 @@ impl KrbError {
                     .as_deref()
                     .unwrap_or("from the credentials")
             ),
-            local: self.failure.is_local(),
         }
     }
 }
@@ -576,9 +526,8 @@ impl passerelle_auth::Negotiator for Initiator {
 impl passerelle_auth::SecurityContext for Context {
     fn step(&mut self, token: &[u8]) -> Result<Option<Vec<u8>>, passerelle_auth::NegotiateError> {
         Context::step(self, token).map_err(|e| passerelle_auth::NegotiateError {
-            code: e.failure.code(),
+            failure: e.failure,
             detail: format!("{e} (SPN {})", self.spn),
-            local: false,
         })
     }
 }
@@ -603,7 +552,7 @@ mod tests {
             (-1_765_328_366, Failure::AccountRevoked),
             (12345, Failure::Other),
         ] {
-            assert_eq!(Failure::from_minor(code as u32), failure, "{code}");
+            assert_eq!(failure_of(code as u32), failure, "{code}");
         }
     }
 

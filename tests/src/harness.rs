@@ -146,7 +146,17 @@ pub async fn wait_records(path: &Path, n: usize) -> Vec<Value> {
     }
 }
 
+/// The audit's records at `path`, but the writer's own (`start`, `rotate`): what requests,
+/// refusals and reloads left. [`read_audit_all`] keeps every line.
 pub fn read_audit(path: &Path) -> Vec<Value> {
+    read_audit_all(path)
+        .into_iter()
+        .filter(|r| r["event"] != "start" && r["event"] != "rotate")
+        .collect()
+}
+
+/// Every record at `path`, in order.
+pub fn read_audit_all(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter(|l| !l.trim().is_empty())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use passerelle_auth::AuthError;
 
+use crate::audit::Reason;
 use crate::error::ConnectError;
 
 /// Could the request have reached the origin through the parent?
@@ -70,19 +71,19 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The audit's stable `reason`.
-    pub fn code(&self) -> &'static str {
+    /// The audit's reason.
+    pub fn reason(&self) -> Reason {
         match self {
             UpstreamError::Unreachable { .. }
             | UpstreamError::Silent { .. }
-            | UpstreamError::AllDown { .. } => "parent_unreachable",
-            UpstreamError::Broken { .. } => "upstream_protocol",
-            UpstreamError::ResponseTimeout { .. } => "response_timeout",
-            UpstreamError::Auth { source, .. } => source.code(),
-            UpstreamError::BackOff { .. } => "parent_auth_failed",
-            UpstreamError::Refused { .. } => "parent_refused",
-            UpstreamError::Protocol { .. } => "parent_protocol",
-            UpstreamError::ClientBody(_) => "client_body_error",
+            | UpstreamError::AllDown { .. } => Reason::ParentUnreachable,
+            UpstreamError::Broken { .. } => Reason::UpstreamProtocol,
+            UpstreamError::ResponseTimeout { .. } => Reason::ResponseTimeout,
+            UpstreamError::Auth { source, .. } => source.into(),
+            UpstreamError::BackOff { .. } => Reason::ParentAuthFailed,
+            UpstreamError::Refused { .. } => Reason::ParentRefused,
+            UpstreamError::Protocol { .. } => Reason::ParentProtocol,
+            UpstreamError::ClientBody(_) => Reason::ClientBodyError,
         }
     }
 

@@ -479,13 +479,12 @@ impl Parent {
             }
             Ok(Err(_)) => Err(self.protocol("lost its Kerberos step (the library failed)")),
             Err(_) => Err(self.auth_failed(AuthError::Kerberos(NegotiateError {
-                code: "kerberos_kdc_unreachable",
+                failure: passerelle_auth::KerberosFailure::KdcUnreachable,
                 detail: format!(
                     "no answer from the KDC within {} (SPN {})",
                     humantime::format_duration(timeout),
                     self.learnt.negotiator.as_ref().map_or("", |n| n.spn())
                 ),
-                local: true,
             }))),
         }
     }

@@ -287,6 +287,18 @@ async fn syslog_over_udp_loopback() {
         403
     );
     let mut buf = vec![0u8; 4096];
+    // The run's first record (the chain's start) comes first: info, then the refusal.
+    let start = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+            .await
+            .expect("a datagram")
+            .unwrap();
+        let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if datagram.contains("\"event\":\"start\"") {
+            break datagram;
+        }
+    };
+    assert!(start.starts_with("<134>1 "), "local0.info: {start}");
     let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
         .await
         .expect("a datagram")
@@ -311,23 +323,47 @@ async fn sigusr1_reopens_the_audit_file_for_logrotate() {
     let gw = Running::start(dir.path(), "").await;
     let audit = gw.audit.clone();
     curl(&["-x", &gw.proxy(), "http://first.example/"]).await;
+    passerelle_tests::harness::wait_records(&audit, 1).await;
     let rotated = dir.path().join("audit.jsonl.1");
-    for _ in 0..100 {
-        if read_audit(&audit).len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     std::fs::rename(&audit, &rotated).unwrap();
     gw.signal("USR1");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new file begins with the writer's rotate record.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while passerelle_tests::harness::read_audit_all(&audit).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new audit file after SIGUSR1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     curl(&["-x", &gw.proxy(), "http://second.example/"]).await;
     assert_eq!(gw.stop().await, 0);
-    assert_eq!(read_audit(&rotated)[0]["host"], "first.example");
-    let fresh = read_audit(&audit);
-    assert_eq!(fresh.len(), 1, "{fresh:?}");
-    assert_eq!(fresh[0]["host"], "second.example");
-    assert_eq!(fresh[0]["seq"], 2, "seq goes on across files");
+    let old = passerelle_tests::harness::read_audit_all(&rotated);
+    assert_eq!(old.last().unwrap()["host"], "first.example");
+    let fresh = passerelle_tests::harness::read_audit_all(&audit);
+    assert_eq!(fresh[0]["event"], "rotate", "{fresh:?}");
+    assert_eq!(fresh[0]["chain_from"], old.last().unwrap()["chain"]);
+    assert_eq!(fresh[1]["host"], "second.example");
+    assert_eq!(
+        fresh[1]["seq"].as_u64(),
+        old.last().unwrap()["seq"].as_u64().map(|s| s + 2),
+        "seq goes on across files"
+    );
+    // The chain holds across the rotation, and only in the written order.
+    let verify = |files: &[&Path]| {
+        Command::new(passerelle_bin())
+            .args(["audit", "verify"])
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&[&rotated, &audit]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!verify(&[&audit, &rotated]).status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -367,16 +403,34 @@ async fn report_summarizes_for_the_security_team() {
         serde_json::json!(["127.0.0.1", 3])
     );
     assert_eq!(r["seq_gaps"], 0);
+    assert_eq!(r["reasons"][0], serde_json::json!(["no_flow", 2]));
+    let html = path.with_extension("html");
     let text = Command::new(passerelle_bin())
         .arg("report")
+        .arg("--html")
+        .arg(&html)
         .arg(&path)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
+        text.starts_with("audit chain intact: 7 records in 1 file(s)"),
+        "{text}"
+    );
+    assert!(
         text.contains("6 records, 3 refused") && text.contains("evil.example:443"),
         "{text}"
     );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("id=\"per-hour\"") && page.contains("evil.example:443"));
+    // Filtered to a client that made no request: nothing.
+    let out = Command::new(passerelle_bin())
+        .args(["report", "--json", "--client", "10.9.9.9", "--since", "1h"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["records"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -642,4 +696,59 @@ async fn syslog_over_a_local_unix_socket() {
         datagram.contains(" TCP_DENIED/403 0 CONNECT evil.example:443 "),
         "{datagram}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_chain_runs_across_restarts_and_shows_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, b"sixteen bytes or more of key material").unwrap();
+    let config = format!("[audit]\nkey_file = \"{}\"\n", key.display());
+    // Two runs on the same file: the second continues the first's chain.
+    for run in 0..2 {
+        let gw = Running::start(dir.path(), &config).await;
+        curl(&["-x", &gw.proxy(), &format!("http://refused-{run}.example/")]).await;
+        passerelle_tests::harness::wait_records(&gw.audit, run + 1).await;
+        assert_eq!(gw.stop().await, 0);
+    }
+    let audit = dir.path().join("audit.jsonl");
+    let all = passerelle_tests::harness::read_audit_all(&audit);
+    let starts: Vec<&serde_json::Value> = all.iter().filter(|r| r["event"] == "start").collect();
+    assert_eq!(starts.len(), 2, "{all:?}");
+    assert_eq!(starts[1]["chain_from"], all[1]["chain"], "{all:?}");
+    let verify = |key: Option<&Path>| {
+        let mut cmd = Command::new(passerelle_bin());
+        cmd.args(["audit", "verify", "--json"]).arg(&audit);
+        if let Some(key) = key {
+            cmd.arg("--key-file").arg(key);
+        }
+        let out = cmd.output().unwrap();
+        let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), verdict)
+    };
+    let (code, verdict) = verify(Some(&key));
+    assert_eq!(code, Some(0), "{verdict}");
+    assert_eq!(verdict["records"], 4);
+    // Without the key, a keyed chain does not verify: forging it needs the key.
+    assert_eq!(verify(None).0, Some(1));
+    // An edited record is named, with its line.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    std::fs::write(
+        &audit,
+        text.replacen("refused-0.example", "harmless.example", 1),
+    )
+    .unwrap();
+    let (code, verdict) = verify(Some(&key));
+    assert_eq!(code, Some(1));
+    assert_eq!(verdict["problem"]["kind"], "edited", "{verdict}");
+    assert_eq!(verdict["problem"]["line"], 2, "{verdict}");
+    // report states the verdict at its top.
+    let out = Command::new(passerelle_bin())
+        .args(["report", "--key-file"])
+        .arg(&key)
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("AUDIT CHAIN BROKEN at "), "{text}");
 }

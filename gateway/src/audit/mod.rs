@@ -1,0 +1,285 @@
+//! The audit log: one typed record ([`AuditEvent`]) per finished request or tunnel, per
+//! refusal, per reload, with its reason from one vocabulary ([`Reason`]); numbered and chained
+//! by one writer ([`writer`]), formatted ([`format`]) for a sink ([`sink`]). Nothing is lost: a
+//! full queue makes requests wait, unless the operator chose `on_full = "drop"`.
+
+pub mod chain;
+mod event;
+pub mod format;
+mod reason;
+mod recorder;
+pub mod sink;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use passerelle_config::Audit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use event::{AuditEvent, Decision, EventKind};
+pub use reason::{Lang, Reason};
+pub use recorder::Recorder;
+
+use crate::metrics::Metrics;
+use recorder::RecorderInner;
+use writer::{Msg, Writer};
+
+/// The handle requests use to emit records. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<LogShared>,
+}
+
+pub(crate) struct LogShared {
+    run: u32,
+    next_id: AtomicU64,
+    /// One permit per record between its request's start and its write: a full queue
+    /// makes new requests wait (or, with `drop_when_full`, go unrecorded and counted).
+    room: Arc<Semaphore>,
+    drop_when_full: bool,
+    dropped: AtomicU64,
+    /// Dropped since the last write: the writer skips that many sequence numbers.
+    gap: AtomicU64,
+    queued: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// Set when shutdown's grace is over: what is cut then is cut by the shutdown.
+    shutting_down: AtomicBool,
+    /// Connection-level refusals, per reason: a flood must not fill the disk.
+    throttle: Mutex<std::collections::HashMap<Reason, Bucket>>,
+}
+
+/// Connection-level refusals (before any request is read) are written at most this many per
+/// second per reason, after a burst; the next record written says how many it stands for.
+const REFUSALS_PER_SECOND: f64 = 20.0;
+const REFUSALS_BURST: f64 = 100.0;
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    folded: u64,
+}
+
+/// Owns the writer thread; [`AuditWriter::finish`] waits until every record is on disk.
+pub struct AuditWriter {
+    tx: mpsc::Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AuditLog {
+    /// Opens the sink and starts the writer thread (file I/O stays off the async runtime);
+    /// its first record says where the chain continues from. `digest` is the configuration's.
+    pub fn open(settings: &Audit, digest: &str) -> std::io::Result<(AuditLog, AuditWriter)> {
+        let sink = sink::Sink::open(&settings.sink)?;
+        let key = match &settings.key_file {
+            Some(path) => Some(std::fs::read(path)?),
+            None => None,
+        };
+        let writer = Writer {
+            sink,
+            format: settings.format,
+            chainer: chain::Chainer::new(key),
+            digest: digest.to_string(),
+        };
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let shared = Arc::new(LogShared {
+            run: rand::random(),
+            next_id: AtomicU64::new(1),
+            room: Arc::new(Semaphore::new(settings.queue.min(Semaphore::MAX_PERMITS))),
+            drop_when_full: settings.drop_when_full,
+            dropped: AtomicU64::new(0),
+            gap: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            metrics: Arc::default(),
+            shutting_down: AtomicBool::new(false),
+            throttle: Mutex::default(),
+        });
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, &writer_shared))?;
+        let writer = AuditWriter {
+            tx: tx.clone(),
+            thread: Some(thread),
+        };
+        Ok((AuditLog { tx, shared }, writer))
+    }
+
+    /// Starts the record of a request; it is written when the last handle to it drops.
+    /// Waits while the queue is full (back-pressure), unless `on_full = "drop"`.
+    pub async fn start(&self, client: SocketAddr, method: &str) -> Recorder {
+        let permit = if self.shared.drop_when_full {
+            self.shared.room.clone().try_acquire_owned().ok()
+        } else {
+            self.shared.room.clone().acquire_owned().await.ok()
+        };
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08x}-{n}", self.shared.run);
+        let now = SystemTime::now();
+        Recorder(Arc::new(RecorderInner {
+            log: self.clone(),
+            started: Instant::now(),
+            recorded: permit.is_some() || !self.shared.drop_when_full,
+            permit: Mutex::new(permit),
+            event: Mutex::new(AuditEvent {
+                ts: timestamp(now),
+                started_ms: epoch_ms(now),
+                event: EventKind::Request,
+                id: id.clone(),
+                client: Some(client.to_string()),
+                method: Some(method.to_string()),
+                ..AuditEvent::default()
+            }),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            id,
+        }))
+    }
+
+    /// A record outside any request (reloads, admin refusals): never waits.
+    pub fn event(&self, event: AuditEvent) {
+        let now = SystemTime::now();
+        self.send(
+            AuditEvent {
+                ts: timestamp(now),
+                started_ms: epoch_ms(now),
+                ..event
+            },
+            None,
+        );
+    }
+
+    /// A refusal before any request was read (a connection limit, a client outside the
+    /// allow list): counted always, written at most [`REFUSALS_PER_SECOND`] per reason after
+    /// a burst; the next record written says how many it stands for.
+    pub fn refusal(&self, mut event: AuditEvent) {
+        let Some(reason) = event.reason else {
+            return self.event(event);
+        };
+        let folded = {
+            let mut buckets = self
+                .shared
+                .throttle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let bucket = buckets.entry(reason).or_insert(Bucket {
+                tokens: REFUSALS_BURST,
+                last: now,
+                folded: 0,
+            });
+            let refill = now.duration_since(bucket.last).as_secs_f64() * REFUSALS_PER_SECOND;
+            bucket.tokens = (bucket.tokens + refill).min(REFUSALS_BURST);
+            bucket.last = now;
+            if bucket.tokens < 1.0 {
+                bucket.folded += 1;
+                self.shared.metrics.observe(&event);
+                self.shared.metrics.refusal_folded();
+                return;
+            }
+            bucket.tokens -= 1.0;
+            std::mem::take(&mut bucket.folded)
+        };
+        if folded > 0 {
+            let detail = event.detail.take().unwrap_or_default();
+            event.detail = Some(format!(
+                "{detail}{}({folded} more like it since the last record, not written one by one)",
+                if detail.is_empty() { "" } else { " " }
+            ));
+        }
+        self.event(event);
+    }
+
+    /// A reload record (accepted or refused), naming who asked for it; a refusal's `detail`
+    /// holds every problem.
+    pub fn reload(&self, problems: Option<String>, before: &str, after: Option<&str>, by: &str) {
+        let accepted = problems.is_none();
+        self.event(AuditEvent {
+            event: EventKind::Reload,
+            client: Some(by.to_string()),
+            decision: Some(if accepted {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            }),
+            reason: (!accepted).then_some(Reason::ConfigInvalid),
+            detail: problems,
+            digest_before: Some(before.to_string()),
+            digest_after: after.map(str::to_string),
+            ..AuditEvent::default()
+        });
+    }
+
+    /// Shutdown's grace is over: requests and tunnels cut from now on are cut by it.
+    pub fn shutting_down(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// The reason for a request cut before its end: the client went away, or shutdown.
+    fn cut_reason(&self) -> Reason {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            Reason::Shutdown
+        } else {
+            Reason::Aborted
+        }
+    }
+
+    /// The metrics derived from the records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Asks the writer to reopen a file sink (after logrotate moved it away).
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen);
+    }
+
+    /// Records dropped because the queue was full (`on_full = "drop"`).
+    pub fn dropped_count(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting for the writer.
+    pub fn queued(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    fn dropped(&self, event: &AuditEvent) {
+        self.shared.metrics.observe(event);
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        self.shared.gap.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn send(&self, event: AuditEvent, permit: Option<OwnedSemaphorePermit>) {
+        self.shared.metrics.observe(&event);
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Event(Box::new(event), permit)).is_err() {
+            tracing::error!("audit.writer.gone");
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Writes and flushes every record emitted so far, then stops the writer.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        let _ = self.tx.send(Msg::Close);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(())) | None => Ok(()),
+            Some(Err(_)) => Err(std::io::Error::other("the audit writer panicked")),
+        }
+    }
+}
+
+/// RFC 3339, UTC, milliseconds.
+fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

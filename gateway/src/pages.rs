@@ -1,0 +1,268 @@
+//! What a person at a workstation reads when the gateway answers instead of the site: an
+//! HTML page when the client accepts `text/html` (plain text otherwise), in French or English
+//! (`Accept-Language`, else `pages.language`), like Squid's translated error pages: what was
+//! refused, why in words, the request id, the time (UTC), the workstation, whom to contact.
+//! Self-contained: no external asset, no script; everything from the request is escaped.
+
+use http::header::{HeaderValue, ACCEPT, ACCEPT_LANGUAGE};
+use http::HeaderMap;
+
+use crate::audit::{Lang, Reason};
+
+/// Everything a page says besides the error.
+pub struct Page<'a> {
+    /// `GET http://…` or `CONNECT host:port`.
+    pub what: &'a str,
+    pub reason: Reason,
+    /// The technical line (English, as in the audit's `detail`).
+    pub detail: &'a str,
+    pub id: &'a str,
+    pub client: std::net::IpAddr,
+    pub contact: &'a str,
+    pub lang: Lang,
+    pub html: bool,
+    /// Refused by policy (rather than failed).
+    pub refused: bool,
+}
+
+/// The language and the shape the client asked for.
+pub fn negotiate(headers: &HeaderMap, default: Lang) -> (Lang, bool) {
+    let html = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/html"));
+    (language(headers, default), html)
+}
+
+/// The first of French and English in `Accept-Language`, by preference (`q`), else `default`.
+fn language(headers: &HeaderMap, default: Lang) -> Lang {
+    let mut best: Option<(f32, Lang)> = None;
+    for item in headers
+        .get_all(ACCEPT_LANGUAGE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = item.split(';');
+        let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.trim().strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let lang = match tag.split('-').next() {
+            Some("fr") => Lang::Fr,
+            Some("en") => Lang::En,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, lang));
+        }
+    }
+    best.map_or(default, |(_, lang)| lang)
+}
+
+struct Words {
+    refused: &'static str,
+    failed: &'static str,
+    intro_refused: &'static str,
+    intro_failed: &'static str,
+    request: &'static str,
+    why: &'static str,
+    id: &'static str,
+    time: &'static str,
+    workstation: &'static str,
+    contact: &'static str,
+    tell: &'static str,
+}
+
+const FR: Words = Words {
+    refused: "Accès refusé",
+    failed: "Accès impossible",
+    intro_refused: "La passerelle de ce site n'a pas laissé passer cette demande : seuls les flux prévus pour Covotem (et ceux que le site a ajoutés) sont autorisés.",
+    intro_failed: "La passerelle de ce site n'a pas pu joindre la destination.",
+    request: "Demande",
+    why: "Raison",
+    id: "Identifiant",
+    time: "Heure (UTC)",
+    workstation: "Poste",
+    contact: "Contact",
+    tell: "Si cette destination est nécessaire, transmettez l'identifiant ci-dessus au service informatique : il retrouve la décision dans le journal d'audit.",
+};
+
+const EN: Words = Words {
+    refused: "Access refused",
+    failed: "Cannot reach the site",
+    intro_refused: "This site's gateway did not let this request through: only the flows planned for Covotem (and those the site added) are allowed.",
+    intro_failed: "This site's gateway could not reach the destination.",
+    request: "Request",
+    why: "Reason",
+    id: "Request id",
+    time: "Time (UTC)",
+    workstation: "Workstation",
+    contact: "Contact",
+    tell: "If this destination is needed, give the id above to your IT team: they find the decision in the audit log.",
+};
+
+impl Page<'_> {
+    /// The body, and its content type.
+    pub fn render(&self, now: std::time::SystemTime) -> (String, HeaderValue) {
+        let w = match self.lang {
+            Lang::Fr => &FR,
+            Lang::En => &EN,
+        };
+        let time = humantime::format_rfc3339_seconds(now)
+            .to_string()
+            .replace('T', " ")
+            .trim_end_matches('Z')
+            .to_string();
+        let title = if self.refused { w.refused } else { w.failed };
+        let intro = if self.refused {
+            w.intro_refused
+        } else {
+            w.intro_failed
+        };
+        let why = self.reason.words(self.lang);
+        if !self.html {
+            let mut text = format!(
+                "passerelle: {}\n{title}. {why}.\n{}: {} · {}: {time} · {}: {}\n",
+                self.detail, w.id, self.id, w.time, w.workstation, self.client
+            );
+            if !self.contact.is_empty() {
+                text.push_str(&format!("{}: {}\n", w.contact, self.contact));
+            }
+            return (text, HeaderValue::from_static("text/plain; charset=utf-8"));
+        }
+        let lang = match self.lang {
+            Lang::Fr => "fr",
+            Lang::En => "en",
+        };
+        let contact = if self.contact.is_empty() {
+            String::new()
+        } else {
+            format!("<dt>{}</dt><dd>{}</dd>", w.contact, escape(self.contact))
+        };
+        let body = format!(
+            "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{title} — Passerelle</title><style>{STYLE}</style></head>\n<body><main>\
+             <h1>{title}</h1><p>{intro}</p><dl>\
+             <dt>{}</dt><dd><code>{}</code></dd>\
+             <dt>{}</dt><dd>{} <small>({})</small></dd>\
+             <dt>{}</dt><dd><code>{}</code></dd>\
+             <dt>{}</dt><dd>{time}</dd>\
+             <dt>{}</dt><dd>{}</dd>{contact}</dl>\
+             <p class=\"tell\">{}</p><p class=\"detail\">{}</p></main></body></html>\n",
+            w.request,
+            escape(self.what),
+            w.why,
+            escape(why),
+            self.reason.as_str(),
+            w.id,
+            escape(self.id),
+            w.time,
+            w.workstation,
+            self.client,
+            w.tell,
+            escape(self.detail),
+        );
+        (body, HeaderValue::from_static("text/html; charset=utf-8"))
+    }
+}
+
+/// The page's only style: inline, since nothing outside the page is loaded.
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2433}\
+main{max-width:40rem;margin:3rem auto;padding:2rem;background:#fff;border-radius:8px;border-top:6px solid #b3261e}\
+h1{margin-top:0;font-size:1.6rem}dl{display:grid;grid-template-columns:max-content 1fr;gap:.4rem 1rem}\
+dt{font-weight:600}dd{margin:0;overflow-wrap:anywhere}code{font-size:.9em}.tell{margin-top:1.5rem}\
+.detail{color:#5b6170;font-size:.85rem}";
+
+/// HTML-escapes text from the request (or anywhere): `& < > " '`.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_language_follows_accept_language_preferences() {
+        assert_eq!(language(&headers(&[]), Lang::Fr), Lang::Fr);
+        assert_eq!(
+            language(
+                &headers(&[("accept-language", "en-GB,en;q=0.9,fr;q=0.8")]),
+                Lang::Fr
+            ),
+            Lang::En
+        );
+        assert_eq!(
+            language(
+                &headers(&[("accept-language", "de-DE, fr;q=0.5, en;q=0.4")]),
+                Lang::En
+            ),
+            Lang::Fr
+        );
+        assert_eq!(
+            language(&headers(&[("accept-language", "de, es")]), Lang::En),
+            Lang::En
+        );
+        assert_eq!(
+            language(
+                &headers(&[("accept-language", "fr;q=0, en;q=0.1")]),
+                Lang::Fr
+            ),
+            Lang::En
+        );
+    }
+
+    #[test]
+    fn everything_from_the_request_is_escaped_and_nothing_is_loaded() {
+        let page = Page {
+            what: "GET http://evil.example/<script>alert(1)</script>\"'&",
+            reason: Reason::NoFlow,
+            detail: "GET http://evil.example/<script> refused: no allowed flow matches",
+            id: "0a1b2c3d-7",
+            client: "10.20.30.4".parse().unwrap(),
+            contact: "Service informatique <poste 1234>",
+            lang: Lang::Fr,
+            html: true,
+            refused: true,
+        };
+        let (body, kind) = page.render(std::time::SystemTime::UNIX_EPOCH);
+        assert_eq!(kind, "text/html; charset=utf-8");
+        assert!(!body.contains("<script>"), "{body}");
+        assert!(
+            body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"),
+            "{body}"
+        );
+        assert!(body.contains("Service informatique &lt;poste 1234&gt;"));
+        assert!(body.contains("cette destination ne fait partie d&#39;aucun flux autorisé"));
+        assert!(body.contains("0a1b2c3d-7") && body.contains("1970-01-01 00:00:00"));
+        for external in ["src=", "href=", "url(", "@import", "<script"] {
+            assert!(!body.contains(external), "{external} in {body}");
+        }
+    }
+}
