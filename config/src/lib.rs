@@ -41,6 +41,7 @@ const LIST_KEYS: &[&str] = &[
     "pac.direct",
     "resolve.connect_to",
     "admin.allow",
+    "listen.proxy_protocol_from",
 ];
 
 /// A validated configuration, ready to run.
@@ -67,6 +68,19 @@ pub struct Listen {
     pub proxy: Vec<SocketAddr>,
     pub via: String,
     pub admin: Option<SocketAddr>,
+    /// Load balancers whose connections start with a PROXY protocol header (v1 or v2), which
+    /// gives the real client's address; required from them, refused from others.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+}
+
+impl Listen {
+    /// Does a connection from `peer` start with a PROXY protocol header?
+    pub fn expects_proxy_protocol(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol_from
+            .iter()
+            .any(|net| net.contains(&peer))
+    }
 }
 
 /// Who may use the admin listener: the security team's and monitoring's hosts, not the

@@ -71,6 +71,8 @@ pub struct RawListen {
     pub proxy: Vec<String>,
     pub via: String,
     pub admin: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,7 +92,12 @@ pub(crate) fn compile(
         read: options.secrets,
     };
 
-    let listen = listen(&raw, &mut p);
+    let mut listen = listen(&raw, &mut p);
+    listen.proxy_protocol_from = cidrs(
+        &raw.listen.proxy_protocol_from,
+        "listen.proxy_protocol_from",
+        &mut p,
+    );
     let clients = clients(&raw, &listen, &mut p);
     let environments = environments(&raw, &mut p);
     let flows = flows(&raw, &environments, &mut p);
@@ -196,7 +201,12 @@ fn listen(raw: &RawConfig, p: &mut Problems) -> Listen {
             None
         }
     });
-    Listen { proxy, via, admin }
+    Listen {
+        proxy,
+        via,
+        admin,
+        proxy_protocol_from: Vec::new(),
+    }
 }
 
 fn pac(raw: &RawConfig, p: &mut Problems) -> crate::Pac {

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,8 @@ use crate::limits::{Admitted, Refusal};
 use crate::service::{self, Shared};
 
 /// Accepts proxy clients until `closing`: each within the connection limits is served in a
-/// tracked task (shutdown waits for it); the others are refused.
+/// tracked task (shutdown waits for it); the others are refused. A connection from a load
+/// balancer in `listen.proxy_protocol_from` first gives the real client (PROXY protocol).
 pub async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: CancellationToken) {
     loop {
         let accepted = tokio::select! {
@@ -32,35 +34,27 @@ pub async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: Cancell
             _ = closing.cancelled() => return,
         };
         match accepted {
-            Ok((stream, client)) => {
+            Ok((stream, peer)) => {
                 let runtime = shared.runtime.load();
-                // Outside the allow list: no share of the connection budget, not even idle.
-                if !runtime
-                    .config
-                    .policy
-                    .client_allowed(&ClientInfo { addr: client })
+                if runtime.config.listen.expects_proxy_protocol(peer.ip()) {
+                    let timeout = runtime.config.limits.header_timeout;
+                    let (shared, closing) = (shared.clone(), closing.clone());
+                    shared.clone().tracker.spawn(async move {
+                        let mut stream = stream;
+                        match proxy_header(&mut stream, timeout).await {
+                            Ok((client, early)) => {
+                                let client = client.unwrap_or(peer);
+                                if let Some(task) = admit(stream, client, early, &shared, closing) {
+                                    task.await;
+                                }
+                            }
+                            Err(why) => refuse_proxy_protocol(peer, why, &shared),
+                        }
+                    });
+                } else if let Some(task) =
+                    admit(stream, peer, Bytes::new(), &shared, closing.clone())
                 {
-                    refuse(stream, client, Refusal::NotAllowed, &shared);
-                    continue;
-                }
-                let limits = runtime.config.limits.clone();
-                drop(runtime);
-                match shared
-                    .connections
-                    .admit(client.ip().to_canonical(), &limits)
-                {
-                    Ok(admitted) => {
-                        tune(&stream);
-                        let task = serve(
-                            stream,
-                            client,
-                            Arc::new(admitted),
-                            shared.clone(),
-                            closing.clone(),
-                        );
-                        shared.tracker.spawn(task);
-                    }
-                    Err(refusal) => refuse(stream, client, refusal, &shared),
+                    shared.tracker.spawn(task);
                 }
             }
             Err(e) => {
@@ -70,6 +64,122 @@ pub async fn accept(listener: TcpListener, shared: Arc<Shared>, closing: Cancell
             }
         }
     }
+}
+
+/// Within the allow list and the connection limits: the task serving the connection.
+fn admit(
+    stream: TcpStream,
+    client: SocketAddr,
+    early: Bytes,
+    shared: &Arc<Shared>,
+    closing: CancellationToken,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let runtime = shared.runtime.load();
+    // Outside the allow list: no share of the connection budget, not even idle.
+    if !runtime
+        .config
+        .policy
+        .client_allowed(&ClientInfo { addr: client })
+    {
+        refuse(stream, client, Refusal::NotAllowed, shared);
+        return None;
+    }
+    let limits = runtime.config.limits.clone();
+    drop(runtime);
+    match shared
+        .connections
+        .admit(client.ip().to_canonical(), &limits)
+    {
+        Ok(admitted) => {
+            tune(&stream);
+            Some(serve(
+                Lingering::new(stream, early),
+                client,
+                Arc::new(admitted),
+                shared.clone(),
+                closing,
+            ))
+        }
+        Err(refusal) => {
+            refuse(stream, client, refusal, shared);
+            None
+        }
+    }
+}
+
+/// The longest PROXY protocol header (v2 with a few TLVs; v1 is at most 107 bytes).
+const MAX_PROXY_HEADER: usize = 1024;
+
+/// Reads a PROXY protocol header, v1 or v2: the client it carries (`None` for a LOCAL or
+/// UNKNOWN header: the balancer's own health check), and the bytes read past it.
+async fn proxy_header(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(Option<SocketAddr>, Bytes), String> {
+    use ppp::{HeaderResult, PartialResult};
+    let deadline = crate::limits::deadline(tokio::time::Instant::now(), timeout);
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return Err("no PROXY protocol header in time".to_string()),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "the connection failed before its PROXY header: {e}"
+                ))
+            }
+            Ok(Ok(0)) => return Err("the connection closed before its PROXY header".to_string()),
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let parsed = HeaderResult::parse(&buf);
+        if parsed.is_incomplete() && buf.len() < MAX_PROXY_HEADER {
+            continue;
+        }
+        let (client, used) = match parsed {
+            HeaderResult::V1(Ok(h)) => {
+                let client = match h.addresses {
+                    ppp::v1::Addresses::Tcp4(a) => {
+                        Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                    }
+                    ppp::v1::Addresses::Tcp6(a) => {
+                        Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                    }
+                    ppp::v1::Addresses::Unknown => None,
+                };
+                (client, h.header.len())
+            }
+            HeaderResult::V2(Ok(h)) => {
+                let client = match (h.command, h.addresses) {
+                    (ppp::v2::Command::Local, _) => None,
+                    (_, ppp::v2::Addresses::IPv4(a)) => {
+                        Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                    }
+                    (_, ppp::v2::Addresses::IPv6(a)) => {
+                        Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                    }
+                    _ => None,
+                };
+                (client, h.len())
+            }
+            _ => {
+                return Err("the connection does not start with a PROXY protocol header".to_string())
+            }
+        };
+        return Ok((client, Bytes::copy_from_slice(&buf[used..])));
+    }
+}
+
+/// A balancer's connection without a valid PROXY header: closed, audited.
+fn refuse_proxy_protocol(peer: SocketAddr, why: String, shared: &Shared) {
+    shared.audit.refusal(AuditEvent {
+        event: EventKind::Request,
+        client: Some(peer.to_string()),
+        decision: Some(Decision::Deny),
+        reason: Some(Reason::ProxyProtocol),
+        detail: Some(format!("{why} (listen.proxy_protocol_from requires one)")),
+        ..AuditEvent::default()
+    });
 }
 
 /// Outside the allow list or over the total: closed before reading. Over the client's share:
@@ -106,7 +216,7 @@ fn refuse(stream: TcpStream, client: SocketAddr, refusal: Refusal, shared: &Shar
 /// client's place in the connection limits; a tunnel takes a share of it and keeps it until
 /// the tunnel closes.
 async fn serve(
-    stream: TcpStream,
+    stream: Lingering,
     client: SocketAddr,
     slot: Arc<Admitted>,
     shared: Arc<Shared>,
@@ -131,7 +241,7 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes as usize)
-        .serve_connection(TokioIo::new(Lingering::new(stream)), service)
+        .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
     let ended = tokio::select! {
@@ -183,21 +293,25 @@ const LINGER_BYTES: usize = 16 * 1024 * 1024;
 /// A client socket whose close lingers: after our last byte (a FIN), what the client is
 /// still sending (a request body we answered without reading) is read and dropped, bounded,
 /// so that the kernel does not answer it with a reset that destroys our answer in flight.
+/// It also gives back first the bytes read past a PROXY protocol header.
 pub struct Lingering {
     stream: TcpStream,
+    prefix: Bytes,
     linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl Lingering {
-    fn new(stream: TcpStream) -> Lingering {
+    fn new(stream: TcpStream, prefix: Bytes) -> Lingering {
         Lingering {
             stream,
+            prefix,
             linger: None,
         }
     }
 
-    pub fn into_inner(self) -> TcpStream {
-        self.stream
+    /// The socket, and what of the prefix was not read yet.
+    pub fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.stream, self.prefix)
     }
 }
 
@@ -207,6 +321,12 @@ impl AsyncRead for Lingering {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }

@@ -41,10 +41,16 @@ pub struct SniRule {
 /// can (the fast path), with the bytes hyper had already read.
 pub fn client_side(upgraded: Upgraded) -> (Side, Bytes) {
     match upgraded.downcast::<TokioIo<crate::listener::Lingering>>() {
-        Ok(parts) => (
-            Side::Tcp(parts.io.into_inner().into_inner()),
-            parts.read_buf,
-        ),
+        Ok(parts) => {
+            let (stream, prefix) = parts.io.into_inner().into_parts();
+            // What hyper read came first; a prefix left over (from a PROXY header read) next.
+            let early = if prefix.is_empty() {
+                parts.read_buf
+            } else {
+                [parts.read_buf, prefix].concat().into()
+            };
+            (Side::Tcp(stream), early)
+        }
         Err(upgraded) => (Side::Io(Box::new(TokioIo::new(upgraded))), Bytes::new()),
     }
 }

@@ -77,6 +77,7 @@ reasons! {
     HeaderTooLarge = "header_too_large", "l'en-tête de la demande est trop grand", "the request head is too large";
     UriTooLong = "uri_too_long", "l'adresse demandée est trop longue", "the address asked for is too long";
     HeaderTimeout = "header_timeout", "la demande n'est pas arrivée à temps", "the request did not arrive in time";
+    ProxyProtocol = "proxy_protocol", "la connexion de l'équilibreur de charge n'a pas annoncé le poste d'origine (en-tête PROXY)", "the load balancer's connection did not name the workstation (PROXY header)";
     ReloadUnconfirmed = "reload_unconfirmed", "un rechargement doit être confirmé par l'en-tête X-Passerelle-Reload", "a reload must be confirmed by the X-Passerelle-Reload header";
     // Requests the gateway does not take.
     OriginForm = "origin_form", "la passerelle est un proxy : configurez-la comme proxy du poste", "the gateway is a proxy: set it as the workstation's proxy";

@@ -460,7 +460,8 @@ async fn read_head(s: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refusal_pages_a_person_can_act_on() {
-    let gw = TestGateway::start("[pages]\ncontact = \"Service informatique, poste <1234>\"\n").await;
+    let gw =
+        TestGateway::start("[pages]\ncontact = \"Service informatique, poste <1234>\"\n").await;
     let headers_of = |r: &passerelle_tests::harness::Curl| r.body.clone();
     // A browser in English: an HTML page, its id the audit's, nothing loaded from outside.
     let page = curl(&[
@@ -485,22 +486,44 @@ async fn refusal_pages_a_person_can_act_on() {
         .trim()
         .to_string();
     assert!(head.contains("content-type: text/html"), "{head}");
-    assert!(head.contains("content-security-policy: default-src 'none'"), "{head}");
-    assert!(text.contains("Access refused") && text.contains("this destination is in no allowed flow"), "{text}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(
+        text.contains("Access refused") && text.contains("this destination is in no allowed flow"),
+        "{text}"
+    );
     assert!(text.contains(&id), "{text}");
-    assert!(text.contains("Service informatique, poste &lt;1234&gt;"), "{text}");
+    assert!(
+        text.contains("Service informatique, poste &lt;1234&gt;"),
+        "{text}"
+    );
     assert!(text.contains("it&#39;s&amp;more"), "unescaped: {text}");
     let record = gw.record_for("evil.example").await;
     assert_eq!(record["id"], id.as_str());
     // curl, no Accept: plain text, in the configured language (French), the technical line
     // first.
     let plain = curl(&["-x", &gw.proxy(), "http://evil.example/"]).await;
-    assert!(plain.body.starts_with("passerelle: GET http://evil.example/ refused: no allowed flow matches\nAccès refusé."), "{}", plain.body);
-    assert!(plain.body.contains("Contact: Service informatique"), "{}", plain.body);
+    assert!(
+        plain.body.starts_with(
+            "passerelle: GET http://evil.example/ refused: no allowed flow matches\nAccès refusé."
+        ),
+        "{}",
+        plain.body
+    );
+    assert!(
+        plain.body.contains("Contact: Service informatique"),
+        "{}",
+        plain.body
+    );
     // A CONNECT refusal carries the id too (clients rarely show its body).
     let connect = curl(&["-x", &gw.proxy(), "-v", "https://evil.example/"]).await;
     assert!(
-        connect.stderr.to_ascii_lowercase().contains("x-passerelle-request-id: "),
+        connect
+            .stderr
+            .to_ascii_lowercase()
+            .contains("x-passerelle-request-id: "),
         "{}",
         connect.stderr
     );

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use passerelle_tests::harness::{
-    curl, free_port, passerelle_bin, read_audit, wait_listening, Running, TestGateway,
+    curl, free_port, passerelle_bin, raw_exchange, read_audit, wait_listening, Running, TestGateway,
 };
 use passerelle_tests::origin::{closed_port, HttpOrigin, TlsOrigin};
 use passerelle_tests::peers::NtlmParent;
@@ -436,8 +436,14 @@ async fn report_summarizes_for_the_security_team() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
     let origin = HttpOrigin::start().await;
-    let (gw1, admin1) = with_admin(&site(&origin), &[]).await;
-    let (gw2, admin2) = with_admin(&site(&origin), &[]).await;
+    // HAProxy connects from 127.0.0.1 and says who the workstation is (PROXY v2); the
+    // workstation is 127.0.0.2.
+    let ha = format!(
+        "{}[listen]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
+        site(&origin)
+    );
+    let (gw1, admin1) = with_admin(&ha, &[]).await;
+    let (gw2, admin2) = with_admin(&ha, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let admin_port = |a: &str| a.rsplit(':').next().unwrap().to_string();
@@ -445,7 +451,7 @@ async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
         "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    option redispatch\n    retries 3\n\
          frontend proxy\n    bind 127.0.0.1:{port}\n    default_backend passerelles\n\
          backend passerelles\n    balance roundrobin\n    option httpchk GET /readyz\n    http-check expect status 200\n    default-server inter 200ms fall 1 rise 2\n\
-         \x20   server gw1 {} check port {}\n    server gw2 {} check port {}\n",
+         \x20   server gw1 {} send-proxy-v2 check port {}\n    server gw2 {} send-proxy-v2 check port {}\n",
         gw1.addr, admin_port(&admin1), gw2.addr, admin_port(&admin2)
     );
     let cfg_path = dir.path().join("haproxy.cfg");
@@ -471,9 +477,15 @@ async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
     let front = format!("http://127.0.0.1:{port}");
     let mut ok = 0;
     for i in 0..20 {
-        if curl(&["-x", &front, &format!("http://site.test/before/{i}")])
-            .await
-            .status
+        if curl(&[
+            "--interface",
+            "127.0.0.2",
+            "-x",
+            &front,
+            &format!("http://site.test/before/{i}"),
+        ])
+        .await
+        .status
             == 200
         {
             ok += 1;
@@ -483,9 +495,15 @@ async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
     let audit1 = gw1.audit_path.clone();
     let _dir1 = gw1.shutdown().await;
     for i in 0..20 {
-        if curl(&["-x", &front, &format!("http://site.test/after/{i}")])
-            .await
-            .status
+        if curl(&[
+            "--interface",
+            "127.0.0.2",
+            "-x",
+            &front,
+            &format!("http://site.test/after/{i}"),
+        ])
+        .await
+        .status
             == 200
         {
             ok += 1;
@@ -513,6 +531,65 @@ async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
         served, 40,
         "the two audit logs together account for every request"
     );
+    assert!(
+        first
+            .iter()
+            .chain(&second)
+            .all(|r| r["client"].as_str().unwrap().starts_with("127.0.0.2:")),
+        "the audit names HAProxy, not the workstation: {first:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_is_required_from_balancers_and_refused_from_others() {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start(&format!(
+        "{}[listen]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n[clients]\nallow = [\"10.20.30.0/24\"]\n",
+        site(&origin)
+    ))
+    .await;
+    let request =
+        "GET http://site.test/ok HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n";
+    // v1 and v2 headers naming an allowed workstation.
+    let v1 = format!("PROXY TCP4 10.20.30.4 127.0.0.1 51000 3128\r\n{request}");
+    let answer = raw_exchange(gw.addr, v1.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[10, 20, 30, 5, 127, 0, 0, 1]);
+    v2.extend_from_slice(&51001u16.to_be_bytes());
+    v2.extend_from_slice(&3128u16.to_be_bytes());
+    v2.extend_from_slice(request.as_bytes());
+    let answer = raw_exchange(gw.addr, &v2).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A workstation outside clients.allow, named by the header: refused like any other.
+    let outside = format!("PROXY TCP4 192.0.2.9 127.0.0.1 51002 3128\r\n{request}");
+    assert_eq!(raw_exchange(gw.addr, outside.as_bytes()).await, "");
+    // No header from the balancer: refused.
+    assert_eq!(raw_exchange(gw.addr, request.as_bytes()).await, "");
+    let records = gw.stop().await;
+    let clients: Vec<&str> = records
+        .iter()
+        .map(|r| r["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            "10.20.30.4:51000",
+            "10.20.30.5:51001",
+            "192.0.2.9:51002",
+            clients[3]
+        ],
+        "{records:?}"
+    );
+    assert_eq!(records[2]["reason"], "client_not_allowed");
+    assert_eq!(records[3]["reason"], "proxy_protocol");
+    assert!(clients[3].starts_with("127.0.0.1:"));
+
+    // From a peer not in proxy_protocol_from, a PROXY header is a malformed request.
+    let gw = TestGateway::start(&site(&origin)).await;
+    let v1 = format!("PROXY TCP4 10.20.30.4 127.0.0.1 51000 3128\r\n{request}");
+    let answer = raw_exchange(gw.addr, v1.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
 
 /// The production flows' (host, port, kind of peer) as the doctor checks them.
