@@ -144,6 +144,23 @@ async fn answer(
             text(StatusCode::OK, "application/x-ns-proxy-autoconfig", pac)
         }
         (&Method::GET, "/flows") => text(StatusCode::OK, "application/json", flows_json(&shared)),
+        (&Method::GET, "/") => {
+            let lang = match crate::pages::negotiate(req.headers(), default_lang(&runtime)).0 {
+                crate::audit::Lang::Fr => "fr",
+                crate::audit::Lang::En => "en",
+            };
+            page(
+                STATUS_HTML.replace("{lang}", lang),
+                "text/html; charset=utf-8",
+            )
+        }
+        (&Method::GET, "/status.js") => {
+            page(STATUS_JS.to_string(), "text/javascript; charset=utf-8")
+        }
+        (&Method::GET, "/status.css") => page(STATUS_CSS.to_string(), "text/css; charset=utf-8"),
+        (&Method::GET, "/status.json") => {
+            text(StatusCode::OK, "application/json", status_json(&shared))
+        }
         (&Method::POST, "/reload") if !req.headers().contains_key(RELOAD_HEADER) => {
             refused(
                 &shared,
@@ -169,10 +186,85 @@ async fn answer(
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "GET /metrics /healthz /readyz /proxy.pac /flows; POST /reload\n".into(),
+            "GET / /status.json /metrics /healthz /readyz /proxy.pac /flows; POST /reload\n".into(),
         ),
     };
     Ok(response)
+}
+
+const STATUS_HTML: &str = include_str!("../assets/status.html");
+const STATUS_JS: &str = include_str!("../assets/status.js");
+const STATUS_CSS: &str = include_str!("../assets/status.css");
+
+/// The status page's pieces: same origin only, nothing inline, nothing else allowed.
+fn page(body: String, content_type: &'static str) -> Response<Body> {
+    let mut response = text(StatusCode::OK, content_type, body);
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn default_lang(runtime: &crate::runtime::Runtime) -> crate::audit::Lang {
+    match runtime.config.pages.language {
+        passerelle_config::PageLanguage::Fr => crate::audit::Lang::Fr,
+        passerelle_config::PageLanguage::En => crate::audit::Lang::En,
+    }
+}
+
+/// The status page's data.
+fn status_json(shared: &Shared) -> String {
+    let runtime = shared.runtime.load();
+    let config = &runtime.config;
+    let flows: Vec<String> = config
+        .policy
+        .enabled_flows()
+        .map(|f| f.id.clone())
+        .collect();
+    let snapshot = shared.audit.status().snapshot(&flows);
+    let parents: Vec<serde_json::Value> = runtime
+        .parents
+        .list()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "url": p.url,
+                "state": p.learnt.health.state().as_str(),
+                "scheme": p.scheme(),
+                "last_handshake": p.last_handshake().map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                "backoff_seconds": p.learnt.health.backoff_left().map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    let tunnels: i64 = snapshot.flows.iter().map(|f| f.tunnels).sum();
+    let uptime = std::time::Duration::from_secs(shared.started.elapsed().as_secs());
+    let value = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": crate::COMMIT,
+        "uptime": humantime::format_duration(uptime).to_string(),
+        "connections": shared.connections.open(),
+        "tunnels": tunnels,
+        "digest": config.digest,
+        "parents": parents,
+        "flows": snapshot.flows,
+        "per_minute": snapshot.per_minute,
+        "refusals": snapshot.refusals,
+        "reloads": snapshot.reloads,
+    });
+    serde_json::to_string(&value).unwrap_or_default()
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

@@ -23,6 +23,7 @@ pub mod report;
 pub mod runtime;
 pub mod service;
 pub mod sni;
+pub mod status;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -164,6 +165,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             reload: reload_tx,
+            started: std::time::Instant::now(),
         });
         let closing = CancellationToken::new();
         let proxy_addrs = bound;

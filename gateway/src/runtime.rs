@@ -70,4 +70,5 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// The admin endpoint's `POST /reload`, with the client that asked.
     pub reload: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
+    pub started: std::time::Instant,
 }

@@ -255,9 +255,10 @@ async fn tunnel(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (record, stop) = (record.clone(), shared.stop.clone());
-    let metrics = shared.audit.metrics().clone();
+    let audit = shared.audit.clone();
+    let flow_id = flow.id.clone();
     shared.tracker.spawn(async move {
-        metrics.tunnel_opened();
+        audit.tunnel_opened(&flow_id);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let (client, early) = relay::client_side(upgraded);
@@ -265,7 +266,7 @@ async fn tunnel(
             }
             Err(_) => record.reason(Reason::ClientGone),
         }
-        metrics.tunnel_closed();
+        audit.tunnel_closed(&flow_id);
         drop(slot);
     });
     Ok(Response::new(empty()))

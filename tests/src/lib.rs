@@ -2,6 +2,7 @@
 //! peer proxies (Squid, the NTLM parent) the suites run against. Everything listens on
 //! 127.0.0.1 only.
 
+pub mod browser;
 pub mod harness;
 pub mod origin;
 pub mod peers;

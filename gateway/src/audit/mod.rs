@@ -47,6 +47,7 @@ pub(crate) struct LogShared {
     gap: AtomicU64,
     queued: AtomicU64,
     metrics: Arc<Metrics>,
+    status: Arc<crate::status::Status>,
     /// Set when shutdown's grace is over: what is cut then is cut by the shutdown.
     shutting_down: AtomicBool,
     /// Connection-level refusals, per reason: a flood must not fill the disk.
@@ -95,6 +96,7 @@ impl AuditLog {
             gap: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             metrics: Arc::default(),
+            status: Arc::default(),
             shutting_down: AtomicBool::new(false),
             throttle: Mutex::default(),
         });
@@ -177,7 +179,7 @@ impl AuditLog {
             bucket.last = now;
             if bucket.tokens < 1.0 {
                 bucket.folded += 1;
-                self.shared.metrics.observe(&event);
+                self.observe(&event);
                 self.shared.metrics.refusal_folded();
                 return;
             }
@@ -233,6 +235,27 @@ impl AuditLog {
         &self.shared.metrics
     }
 
+    /// The status page's view of the records.
+    pub fn status(&self) -> &Arc<crate::status::Status> {
+        &self.shared.status
+    }
+
+    /// A tunnel of `flow` opened (closed): the metrics' gauge and the page's count.
+    pub fn tunnel_opened(&self, flow: &str) {
+        self.shared.metrics.tunnel_opened();
+        self.shared.status.tunnel_opened(flow);
+    }
+
+    pub fn tunnel_closed(&self, flow: &str) {
+        self.shared.metrics.tunnel_closed();
+        self.shared.status.tunnel_closed(flow);
+    }
+
+    fn observe(&self, event: &AuditEvent) {
+        self.shared.metrics.observe(event);
+        self.shared.status.observe(event);
+    }
+
     /// Asks the writer to reopen a file sink (after logrotate moved it away).
     pub fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen);
@@ -249,13 +272,13 @@ impl AuditLog {
     }
 
     fn dropped(&self, event: &AuditEvent) {
-        self.shared.metrics.observe(event);
+        self.observe(event);
         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         self.shared.gap.fetch_add(1, Ordering::Relaxed);
     }
 
     fn send(&self, event: AuditEvent, permit: Option<OwnedSemaphorePermit>) {
-        self.shared.metrics.observe(&event);
+        self.observe(&event);
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Msg::Event(Box::new(event), permit)).is_err() {
             tracing::error!("audit.writer.gone");

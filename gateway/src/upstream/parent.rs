@@ -67,6 +67,7 @@ pub struct Learnt {
     /// Accepted handshakes, by scheme: Basic, NTLM, Negotiate.
     pub handshakes: [AtomicU64; 3],
     pub auth_failures: AtomicU64,
+    last_handshake: Mutex<Option<std::time::SystemTime>>,
     /// When the parent last answered, or a health probe last started.
     last_checked: Mutex<Instant>,
 }
@@ -140,6 +141,7 @@ impl Parent {
                 }),
                 handshakes: Default::default(),
                 auth_failures: AtomicU64::new(0),
+                last_handshake: Mutex::new(None),
                 last_checked: Mutex::new(Instant::now()),
             })
         });
@@ -183,6 +185,21 @@ impl Parent {
         } else {
             AuthMode::None
         }
+    }
+
+    /// The scheme the parent demands, as learnt (`none` when it needs none; `None` before
+    /// the first exchange).
+    pub fn scheme(&self) -> Option<String> {
+        match self.demand() {
+            Demand::Unknown => None,
+            Demand::Nothing => Some("none".to_string()),
+            Demand::Scheme(s) => Some(s.to_string()),
+        }
+    }
+
+    /// When our credentials were last accepted.
+    pub fn last_handshake(&self) -> Option<std::time::SystemTime> {
+        self.learnt.last_handshake.lock().ok().and_then(|at| *at)
     }
 
     fn demand(&self) -> Demand {
@@ -565,6 +582,9 @@ impl Parent {
                         _ => 1,
                     };
                     self.learnt.handshakes[scheme].fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut at) = self.learnt.last_handshake.lock() {
+                        *at = Some(std::time::SystemTime::now());
+                    }
                 }
                 if mode != AuthMode::None {
                     self.learn(match handshake.scheme() {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use passerelle_tests::browser;
 use passerelle_tests::harness::{
     curl, free_port, passerelle_bin, raw_exchange, read_audit, wait_listening, Running, TestGateway,
 };
@@ -828,4 +829,122 @@ async fn the_audit_chain_runs_across_restarts_and_shows_tampering() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("AUDIT CHAIN BROKEN at "), "{text}");
+}
+
+/// The status page, opened in Chromium as an administrator would: the scripts ran under the
+/// page's own Content-Security-Policy without a console message, and the tables show the
+/// traffic that went through, in the browser's language.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_in_chromium() {
+    let origin = HttpOrigin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::with_env(
+        dir.path(),
+        &site(&origin),
+        &[("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")],
+    )
+    .start()
+    .await;
+    let admin = gw.admin().await;
+    for _ in 0..2 {
+        assert_eq!(
+            curl(&["-x", &gw.proxy(), "http://site.test/"]).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        curl(&["-x", &gw.proxy(), "http://evil.example/"])
+            .await
+            .status,
+        403
+    );
+    let reload = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "X-Passerelle-Reload: 1",
+        &format!("{admin}/reload"),
+    ])
+    .await;
+    assert_eq!(reload.status, 202);
+    // The reload is recorded once it ran: wait for it in the data the page draws.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&curl(&[&format!("{admin}/status.json")]).await.body).unwrap();
+        if status["reloads"].as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload never recorded: {status}"
+        );
+    }
+
+    let page = browser::render(&format!("{admin}/"), "en-US").await;
+    assert!(page.console.is_empty(), "console: {:#?}", page.console);
+    assert!(page.dom.contains("data-loaded=\"yes\""), "{}", page.dom);
+    let row = |table: &str| -> String {
+        let start = page.dom.find(&format!("id=\"{table}\"")).expect(table);
+        let body = &page.dom[start..];
+        body[body.find("<tbody>").unwrap()..body.find("</tbody>").unwrap()].to_string()
+    };
+    let flows = row("flows");
+    assert!(
+        flows.contains("<td>site</td><td class=\"num\">2</td><td class=\"num\">0</td>"),
+        "{flows}"
+    );
+    let refusals = row("refusals");
+    assert!(
+        refusals.contains("evil.example:80") && refusals.contains("no_flow"),
+        "{refusals}"
+    );
+    assert!(row("reloads").contains("accepted"));
+    assert!(page.dom.contains("<rect") && page.dom.contains("class=\"refused\""));
+    assert!(page.dom.contains("Last refusals"));
+    assert!(row("parents").contains("No parent proxy configured"));
+
+    let french = browser::render(&format!("{admin}/"), "fr-FR").await;
+    assert!(french.console.is_empty(), "console: {:#?}", french.console);
+    assert!(french.dom.contains("<html lang=\"fr\"") && french.dom.contains("Derniers refus"));
+    assert!(french.dom.contains("acceptée"));
+
+    let png = dir.path().join("status.png");
+    browser::screenshot(&format!("{admin}/"), "en-US", &png).await;
+    let shot = std::fs::read(&png).unwrap();
+    assert!(
+        shot.starts_with(b"\x89PNG") && shot.len() > 10_000,
+        "{} bytes",
+        shot.len()
+    );
+    if let Ok(dir) = std::env::var("PASSERELLE_ARTIFACTS") {
+        std::fs::copy(&png, Path::new(&dir).join("status.png")).unwrap();
+    }
+}
+
+/// `passerelle report --html` opened in Chromium: a self-contained page that runs nothing
+/// and logs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_html_report_in_chromium() {
+    let origin = HttpOrigin::start().await;
+    let gw = TestGateway::start(&site(&origin)).await;
+    curl(&["-x", &gw.proxy(), "http://site.test/"]).await;
+    curl(&["-x", &gw.proxy(), "https://evil.example/"]).await;
+    let path = gw.audit_path.clone();
+    let dir = gw.shutdown().await;
+    let html = dir.path().join("report.html");
+    let out = Command::new(passerelle_bin())
+        .args(["report", "--html"])
+        .arg(&html)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = browser::render(&format!("file://{}", html.display()), "en-US").await;
+    assert!(page.console.is_empty(), "console: {:#?}", page.console);
+    assert!(page.dom.contains("evil.example:443") && page.dom.contains("id=\"per-hour\""));
 }

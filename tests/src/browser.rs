@@ -1,0 +1,74 @@
+//! Headless Chromium, the browser an administrator opens the status page and the report in:
+//! the DOM after the page's scripts ran, what the page logged to its console, a screenshot.
+
+use std::path::Path;
+use std::process::Stdio;
+
+/// What Chromium made of a page.
+pub struct Rendered {
+    /// The DOM once the page's scripts ran (`--dump-dom`).
+    pub dom: String,
+    /// Every console message and uncaught error, Content-Security-Policy refusals included.
+    pub console: Vec<String>,
+}
+
+/// Loads `url` with `lang` as the browser's language; waits for the page to settle in
+/// virtual time (timers fire, fetches complete) and bounds the whole run in real time.
+pub async fn render(url: &str, lang: &str) -> Rendered {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = chromium(profile.path(), lang)
+        .args(["--enable-logging=stderr", "--v=0", "--dump-dom", url])
+        .output()
+        .await
+        .expect("chromium runs (scripts/install-test-deps installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let console = stderr
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    Rendered {
+        dom: String::from_utf8_lossy(&out.stdout).into_owned(),
+        console,
+    }
+}
+
+/// Saves a PNG of `url` at 1280×900 to `png`.
+pub async fn screenshot(url: &str, lang: &str, png: &Path) {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let status = chromium(profile.path(), lang)
+        .arg("--window-size=1280,900")
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(url)
+        .status()
+        .await
+        .expect("chromium runs");
+    assert!(status.success(), "chromium --screenshot failed: {status}");
+}
+
+fn chromium(profile: &Path, lang: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("timeout");
+    command
+        .args([
+            "60",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+        ])
+        .args([
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-proxy-server",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--lang={lang}"))
+        .arg(format!("--accept-lang={lang}"))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
