@@ -179,7 +179,14 @@ fn init_tracing() {
             tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colours())
         .init();
+}
+
+/// Colours only for a person at a terminal who did not ask for none (<https://no-color.org>):
+/// the journal and log files get plain text.
+fn colours() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run(path: Option<&Path>) -> ExitCode {
@@ -398,9 +405,14 @@ fn port_ranges(ports: &[u16]) -> String {
 
 fn hash_password() -> ExitCode {
     let password = if std::io::stdin().is_terminal() {
-        match rpassword::prompt_password("Password: ") {
-            Ok(p) => zeroize::Zeroizing::new(p),
-            Err(e) => {
+        let ask = |prompt: &str| rpassword::prompt_password(prompt).map(zeroize::Zeroizing::new);
+        match (ask("Password: "), ask("Again: ")) {
+            (Ok(first), Ok(again)) if first == again => first,
+            (Ok(_), Ok(_)) => {
+                eprintln!("passerelle: the two passwords differ; nothing printed");
+                return ExitCode::from(2);
+            }
+            (Err(e), _) | (_, Err(e)) => {
                 eprintln!("passerelle: cannot read the password: {e}");
                 return ExitCode::FAILURE;
             }

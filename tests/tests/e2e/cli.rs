@@ -300,12 +300,91 @@ fn hash_password_prints_the_nt_hash() {
     );
 }
 
+/// On a terminal (a pseudo-terminal from util-linux's `script`), the password is asked twice
+/// and a mistyped confirmation prints nothing.
+#[test]
+fn hash_password_asks_twice_on_a_terminal() {
+    let on_a_terminal = |typed: &[u8]| {
+        let mut child = Command::new("script")
+            .args(["-qec"])
+            .arg(format!("{} hash-password", passerelle_bin().display()))
+            .arg("/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(typed).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = on_a_terminal(b"Password\nPassword\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Again:") && text.contains("a4f49c406510bdcab6824ee7c30fd852"),
+        "{text}"
+    );
+    let (code, text) = on_a_terminal(b"Password\nPasswort\n");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("differ") && !text.contains("a4f49c40"),
+        "{text}"
+    );
+}
+
+/// The log is coloured for a person at a terminal, plain with `NO_COLOR` (and, as every
+/// other test's log file shows, when stderr is not a terminal).
+#[test]
+fn log_colours_only_on_a_terminal_without_no_color() {
+    use std::io::BufRead;
+    let first_log_line = |no_color: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("script")
+            .arg("-qec")
+            .arg(format!(
+                "echo pid $$; NO_COLOR={no_color} exec {} run",
+                passerelle_bin().display()
+            ))
+            .arg("/dev/null")
+            .env("PASSERELLE__LISTEN__PROXY", "127.0.0.1:0")
+            .env("PASSERELLE__AUDIT__PATH", dir.path().join("audit.jsonl"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let pid = lines
+            .next()
+            .and_then(|l| l.ok()?.trim().strip_prefix("pid ")?.parse::<u32>().ok())
+            .expect("the shell's pid");
+        let line = lines
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening on"))
+            .expect("a listening line");
+        Command::new("kill").arg(pid.to_string()).status().unwrap();
+        child.wait().unwrap();
+        line
+    };
+    assert!(
+        first_log_line("").contains('\x1b'),
+        "a terminal gets colours"
+    );
+    assert!(
+        !first_log_line("1").contains('\x1b'),
+        "NO_COLOR is honoured"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn env_override_sets_the_listener_and_sigterm_flushes_the_audit() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Running::start(dir.path(), "").await;
     let r = curl(&["-x", &gw.proxy(), "http://evil.example/"]).await;
     assert_eq!(r.status, 403);
+    assert!(!gw.log().contains('\x1b'), "no colour codes in a log file");
     let audit = gw.audit.clone();
     assert_eq!(gw.stop().await, 0, "graceful stop exits 0");
     let records = read_audit(&audit);
