@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hyper_util::rt::TokioIo;
 use passerelle_config::{Config, Flow, Host, Kind, Route, Target};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
 use crate::connect::{connect_any, resolve, BoxedIo, Drift};
@@ -22,10 +23,24 @@ use crate::upstream::Parent;
 /// Clock skew beyond this fails the check (the client's certificates and OTPs need time).
 const MAX_SKEW: Duration = Duration::from_secs(60);
 
+/// What a check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pass,
+    Fail,
+    /// A statement, not a verdict (the UDP flows an HTTP proxy does not carry).
+    Info,
+    /// Not checked, and why (no `Date` header; the parent already failed).
+    Skipped,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Check {
     pub check: String,
     pub target: String,
+    pub state: State,
+    /// Everything but a failure.
     pub ok: bool,
     pub detail: String,
     /// What to do about a failure.
@@ -34,14 +49,27 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(check: &str, target: &str, detail: impl Into<String>) -> Check {
+    fn new(state: State, check: &str, target: &str, detail: impl Into<String>) -> Check {
         Check {
             check: check.into(),
             target: target.into(),
-            ok: true,
+            state,
+            ok: state != State::Fail,
             detail: detail.into(),
             hint: None,
         }
+    }
+
+    fn pass(check: &str, target: &str, detail: impl Into<String>) -> Check {
+        Check::new(State::Pass, check, target, detail)
+    }
+
+    fn info(check: &str, target: &str, detail: impl Into<String>) -> Check {
+        Check::new(State::Info, check, target, detail)
+    }
+
+    fn skipped(check: &str, target: &str, why: impl Into<String>) -> Check {
+        Check::new(State::Skipped, check, target, why)
     }
 
     fn fail(
@@ -51,11 +79,8 @@ impl Check {
         hint: impl Into<String>,
     ) -> Check {
         Check {
-            check: check.into(),
-            target: target.into(),
-            ok: false,
-            detail: detail.into(),
             hint: Some(hint.into()),
+            ..Check::new(State::Fail, check, target, detail)
         }
     }
 }
@@ -71,11 +96,14 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
         .enabled_flows()
         .find(|f| !f.tls_ports.is_empty() && !f.hosts.is_empty())
         .cloned();
+    let mut parent_passed = runtime.parents.list().is_empty();
     for parent in runtime.parents.list() {
         if let Some(initiator) = parent.learnt.negotiator.clone() {
             checks.extend(kerberos(initiator, runtime.config.limits.connect_timeout).await);
         }
-        checks.push(parent_probe(parent, first_tls_flow.as_ref(), &runtime).await);
+        let probe = parent_probe(parent, first_tls_flow.as_ref(), &runtime).await;
+        parent_passed |= probe.ok;
+        checks.push(probe);
     }
     let drift = Drift::default();
     let flows: Vec<Arc<Flow>> = runtime.config.policy.enabled_flows().cloned().collect();
@@ -94,18 +122,52 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
                 port,
                 kind: Kind::Connect,
             };
+            if !parent_passed && runtime.config.policy.route(flow, &target.host) == Route::Upstream
+            {
+                checks.push(Check::skipped(
+                    "tcp",
+                    &format!("{target} ({})", flow.id),
+                    "not checked: no parent proxy accepted the gateway (see the parent line)",
+                ));
+                continue;
+            }
             check_target(&runtime, &drift, flow, &target, &tls, &mut checks).await;
         }
         if flow.id.starts_with("visio-equinix") {
             let ports: Vec<String> = flow.ports.iter().map(u16::to_string).collect();
-            checks.push(Check::pass(
+            checks.push(Check::info(
                 "udp",
                 &format!("{host} {}/udp", ports.join(",")),
                 "not carried: an HTTP proxy relays TCP only; WebRTC falls back to TCP through Passerelle, open UDP in the firewall for best quality",
             ));
         }
     }
-    Ok(checks)
+    Ok(fold_dns_failures(checks))
+}
+
+/// When no name resolves at all, the cause is the jump host's resolver, not each flow: one
+/// line says so instead of one per flow.
+fn fold_dns_failures(checks: Vec<Check>) -> Vec<Check> {
+    let dns: Vec<&Check> = checks.iter().filter(|c| c.check == "dns").collect();
+    if dns.len() < 2 || dns.iter().any(|c| c.ok) {
+        return checks;
+    }
+    let folded = Check::fail(
+        "dns",
+        &format!("all {} flow targets", dns.len()),
+        format!("no name resolves; the first: {}", dns[0].detail),
+        "the jump host resolves no name: check its resolver (/etc/resolv.conf, systemd-resolved), or map the names in resolve.connect_to",
+    );
+    let mut out = Vec::with_capacity(checks.len());
+    let mut folded = Some(folded);
+    for c in checks {
+        if c.check != "dns" {
+            out.push(c);
+        } else if let Some(f) = folded.take() {
+            out.push(f);
+        }
+    }
+    out
 }
 
 async fn check_target(
@@ -181,12 +243,7 @@ async fn check_target(
                 io
             }
             Err(e) => {
-                checks.push(Check::fail(
-                    "tcp",
-                    &name,
-                    e.to_string(),
-                    "ask the proxy team to allow this flow for the gateway's account",
-                ));
+                checks.push(Check::fail("tcp", &name, e.to_string(), tunnel_hint(&e)));
                 return;
             }
         },
@@ -196,6 +253,26 @@ async fn check_target(
     } else if target.port == 80 {
         let host = target.host.to_string();
         check_http(stream, &host, &name, checks).await;
+    }
+}
+
+/// What to do when a tunnel through the parent failed, by what failed.
+fn tunnel_hint(e: &crate::upstream::UpstreamError) -> String {
+    use crate::upstream::UpstreamError;
+    match e {
+        UpstreamError::AllDown { last, .. } => tunnel_hint(last),
+        UpstreamError::Refused { status, target, .. } => match status.as_u16() {
+            403 | 407 => format!("the parent's policy refuses {target}: ask the proxy team to allow it for the gateway's account"),
+            502..=504 => "the parent could not reach it (its own DNS or firewall): ask the proxy team".into(),
+            _ => "the parent refused it: its access log says why".into(),
+        },
+        UpstreamError::Unreachable { .. } | UpstreamError::Silent { .. } => {
+            "the parent cannot be reached: check its address and the jump host's firewall".into()
+        }
+        UpstreamError::Auth { .. } | UpstreamError::BackOff { .. } => {
+            "the parent refused the gateway's account: check user, domain and password".into()
+        }
+        _ => "the parent broke off the exchange: its logs say why".into(),
     }
 }
 
@@ -249,56 +326,67 @@ async fn check_tls(
 }
 
 /// `HEAD /` and the `Date` header: reachability of the service and the clock skew.
-async fn check_http<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    host: &str,
-    name: &str,
-    checks: &mut Vec<Check>,
-) {
-    let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: passerelle-doctor\r\nConnection: close\r\n\r\n");
-    let mut head = Vec::new();
+async fn check_http<S>(stream: S, host: &str, name: &str, checks: &mut Vec<Check>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let exchange = async {
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = http::Request::head("/")
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "passerelle-doctor")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("a static request");
+        sender.send_request(request).await
     };
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("no answer in 10 s")))
-    {
-        checks.push(Check::fail(
-            "http",
+    let answer = match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) if e.is_parse() => {
+            checks.push(Check::fail(
+                "http",
+                name,
+                format!("not an HTTP answer: {e}"),
+                "something on the path answers instead of the service",
+            ));
+            return;
+        }
+        Ok(Err(e)) => {
+            checks.push(Check::fail(
+                "http",
+                name,
+                e.to_string(),
+                "the service does not answer HTTP on this flow",
+            ));
+            return;
+        }
+        Err(_) => {
+            checks.push(Check::fail(
+                "http",
+                name,
+                "no answer in 10 s",
+                "the service does not answer HTTP on this flow",
+            ));
+            return;
+        }
+    };
+    checks.push(Check::pass(
+        "http",
+        name,
+        format!("{:?} {}", answer.version(), answer.status()),
+    ));
+    let date = answer
+        .headers()
+        .get(http::header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok());
+    let Some(date) = date else {
+        checks.push(Check::skipped(
+            "clock",
             name,
-            e.to_string(),
-            "the service does not answer HTTP on this flow",
+            "not checked: the server sent no Date header",
         ));
-        return;
-    }
-    let text = String::from_utf8_lossy(&head);
-    let status = text.lines().next().unwrap_or("").to_string();
-    if !status.starts_with("HTTP/1.") {
-        checks.push(Check::fail(
-            "http",
-            name,
-            format!("not an HTTP answer: {status:?}"),
-            "something on the path answers instead of the service",
-        ));
-        return;
-    }
-    checks.push(Check::pass("http", name, status.trim().to_string()));
-    let date = text.lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(k, _)| k.eq_ignore_ascii_case("date"))
-            .map(|(_, v)| v.trim().to_string())
-    });
-    let Some(date) = date.and_then(|d| httpdate::parse_http_date(&d).ok()) else {
         return;
     };
     let now = SystemTime::now();
@@ -451,69 +539,11 @@ fn tls_connector(extra_ca: Option<&Path>) -> Result<TlsConnector, String> {
     crate::connect::tls_client_config(extra_ca).map(TlsConnector::from)
 }
 
-/// The leaf certificate's notAfter, read from its DER (Certificate → TBSCertificate →
-/// validity, RFC 5280 §4.1).
+/// The leaf certificate's notAfter.
 fn not_after(der: &[u8]) -> Option<SystemTime> {
-    let (cert, _) = tlv(der)?;
-    let (tbs, _) = tlv(cert.1)?;
-    let mut rest = tbs.1;
-    let (first, after) = tlv(rest)?;
-    if first.0 == 0xa0 {
-        rest = after; // explicit version
-    }
-    for _ in 0..3 {
-        rest = tlv(rest)?.1; // serial, signature, issuer
-    }
-    let (validity, _) = tlv(rest)?;
-    let (_, after_not_before) = tlv(validity.1)?;
-    let ((tag, value), _) = tlv(after_not_before)?;
-    let text = std::str::from_utf8(value).ok()?;
-    let full = match tag {
-        0x17 if text.len() == 13 => {
-            let century = if text[..2].parse::<u32>().ok()? >= 50 {
-                "19"
-            } else {
-                "20"
-            };
-            format!("{century}{text}")
-        }
-        0x18 if text.len() == 15 => text.to_string(),
-        _ => return None,
-    };
-    let rfc3339 = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &full[0..4],
-        &full[4..6],
-        &full[6..8],
-        &full[8..10],
-        &full[10..12],
-        &full[12..14]
-    );
-    humantime::parse_rfc3339(&rfc3339).ok()
-}
-
-/// A DER element: its tag and its value.
-type Element<'a> = (u8, &'a [u8]);
-
-/// One DER tag-length-value: the element and what follows it.
-fn tlv(input: &[u8]) -> Option<(Element<'_>, &[u8])> {
-    let tag = *input.first()?;
-    let first = *input.get(1)? as usize;
-    let (len, header) = if first < 0x80 {
-        (first, 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for b in input.get(2..2 + n)? {
-            len = (len << 8) | *b as usize;
-        }
-        (len, 2 + n)
-    };
-    let value = input.get(header..header.checked_add(len)?)?;
-    Some(((tag, value), &input[header + len..]))
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let seconds = cert.validity().not_after.timestamp();
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
 }
 
 /// The table for a terminal: ✓/✗ per check, a hint under each failure.
@@ -526,7 +556,12 @@ pub fn render(checks: &[Check]) -> String {
         .unwrap_or(10);
     let mut out = String::new();
     for c in checks {
-        let mark = if c.ok { "✓" } else { "✗" };
+        let mark = match c.state {
+            State::Pass => "✓",
+            State::Fail => "✗",
+            State::Info => "i",
+            State::Skipped => "–",
+        };
         let _ = writeln!(
             out,
             "{mark} {:<7} {:<width$}  {}",
@@ -536,7 +571,13 @@ pub fn render(checks: &[Check]) -> String {
             let _ = writeln!(out, "  {:<7} {:<width$}  → {hint}", "", "");
         }
     }
-    let failed = checks.iter().filter(|c| !c.ok).count();
-    let _ = writeln!(out, "\n{} checks, {failed} failed", checks.len());
+    let count = |state| checks.iter().filter(|c| c.state == state).count();
+    let _ = writeln!(
+        out,
+        "\n{} passed, {} failed, {} not checked",
+        count(State::Pass),
+        count(State::Fail),
+        count(State::Skipped)
+    );
     out
 }

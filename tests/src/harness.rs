@@ -310,9 +310,7 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// Runs the binary with a resolver that answers only `hosts` (its own `/etc/hosts` and
-    /// an `/etc/resolv.conf` pointing at a closed port, in a private mount namespace): names
-    /// resolve as the test says, and no DNS query leaves the machine.
+    /// Runs the binary with a resolver that answers only `hosts` ([`with_closed_dns`]).
     pub fn closed_dns(mut self, hosts: &[(&str, std::net::IpAddr)]) -> Launch {
         self.hosts = Some(hosts.iter().map(|(h, ip)| (h.to_string(), *ip)).collect());
         self
@@ -339,29 +337,7 @@ impl Launch {
                 cmd.args(&program[1..]);
                 cmd
             }
-            Some(hosts) => {
-                let hosts_file = self.dir.join("hosts");
-                let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
-                for (name, ip) in hosts {
-                    text.push_str(&format!("{ip} {name}\n"));
-                }
-                std::fs::write(&hosts_file, text).unwrap();
-                let resolv = self.dir.join("resolv.conf");
-                std::fs::write(
-                    &resolv,
-                    "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
-                )
-                .unwrap();
-                let mut cmd = std::process::Command::new("unshare");
-                cmd.args(["--mount", "sh", "-c"])
-                    .arg(format!(
-                        "mount --bind '{}' /etc/hosts && mount --bind '{}' /etc/resolv.conf && exec \"$0\" \"$@\"",
-                        hosts_file.display(),
-                        resolv.display()
-                    ))
-                    .args(&program);
-                cmd
-            }
+            Some(hosts) => with_closed_dns(&self.dir, hosts, &program),
         };
         cmd.args(["run", "--config"])
             .arg(&file)
@@ -389,6 +365,37 @@ impl Launch {
         };
         Running { child, port, audit }
     }
+}
+
+/// `program` in a private mount namespace whose resolver answers only `hosts` (its own
+/// `/etc/hosts`, and an `/etc/resolv.conf` pointing at a closed port): names resolve as the
+/// test says, and no DNS query leaves the machine. The files are written in `dir`.
+pub fn with_closed_dns(
+    dir: &Path,
+    hosts: &[(String, std::net::IpAddr)],
+    program: &[std::ffi::OsString],
+) -> std::process::Command {
+    let hosts_file = dir.join("hosts");
+    let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for (name, ip) in hosts {
+        text.push_str(&format!("{ip} {name}\n"));
+    }
+    std::fs::write(&hosts_file, text).unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "sh", "-c"])
+        .arg(format!(
+            "mount --bind '{}' /etc/hosts && mount --bind '{}' /etc/resolv.conf && exec \"$0\" \"$@\"",
+            hosts_file.display(),
+            resolv.display()
+        ))
+        .args(program);
+    cmd
 }
 
 /// The first `ip:port` after `marker` in a log.

@@ -626,9 +626,19 @@ fn doctor(
     ca: &Path,
     env: &[(&str, &str)],
 ) -> (i32, serde_json::Value, String) {
+    doctor_in(Command::new(passerelle_bin()), dir, config, ca, env)
+}
+
+fn doctor_in(
+    mut command: Command,
+    dir: &Path,
+    config: &str,
+    ca: &Path,
+    env: &[(&str, &str)],
+) -> (i32, serde_json::Value, String) {
     let file = dir.join("doctor.toml");
     std::fs::write(&file, config).unwrap();
-    let out = Command::new(passerelle_bin())
+    let out = command
         .args(["doctor", "--json", "--config"])
         .arg(&file)
         .arg("--ca-file")
@@ -679,6 +689,20 @@ async fn doctor_checks_every_flow_directly_and_through_the_parent() {
         "TLS and port-80 flows answer with a Date"
     );
     assert_eq!(kinds("udp"), 2);
+    let states = |k: &str| -> Vec<String> {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["check"] == k)
+            .map(|c| c["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        states("udp"),
+        ["info", "info"],
+        "a statement, not a verdict"
+    );
     assert!(
         checks
             .as_array()
@@ -741,6 +765,90 @@ async fn doctor_checks_every_flow_directly_and_through_the_parent() {
         checks[0]["hint"].as_str().unwrap().contains("backs off"),
         "{checks:#}"
     );
+    // The flows behind a parent that refused the gateway are not tried (each try would
+    // count toward the account's lockout) and are said to be not checked, not failed.
+    let tcp: Vec<&serde_json::Value> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "tcp")
+        .collect();
+    assert_eq!(tcp.len(), 13, "{checks:#}");
+    assert!(tcp.iter().all(|c| c["state"] == "skipped"), "{tcp:#?}");
+
+    // The parent refuses one destination by policy: the hint names its policy, not the
+    // gateway's credentials nor the firewall.
+    let refusing = NtlmParent::start(&[("CHU", "svc", "Pa55")], &map[1..], false).await;
+    let refused = upstream.replace(&parent.url(), &refusing.url());
+    let (code, checks, _) = doctor(dir.path(), &refused, &tls.ca_pem, &[("PW", "Pa55")]);
+    assert_eq!(code, 1);
+    let bad: Vec<&serde_json::Value> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert!(!bad.is_empty(), "{checks:#}");
+    assert!(
+        bad.iter()
+            .all(|c| c["hint"].as_str().unwrap().contains("policy")),
+        "{bad:#?}"
+    );
+}
+
+/// A jump host whose resolver answers nothing: one line says so, not one per flow; and a
+/// server that sends no `Date` leaves the clock "not checked", not passed.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_says_a_dead_resolver_once_and_an_unchecked_clock_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("none.pem");
+    std::fs::write(&ca, "").unwrap();
+    let program = [passerelle_bin().into_os_string()];
+    let command = passerelle_tests::harness::with_closed_dns(dir.path(), &[], &program);
+    let (code, checks, stderr) = doctor_in(command, dir.path(), "", &ca, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let dns: Vec<&serde_json::Value> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "dns")
+        .collect();
+    assert_eq!(dns.len(), 1, "{dns:#?}");
+    assert!(
+        dns[0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("resolves no name"),
+        "{dns:#?}"
+    );
+
+    // A port-80 service that answers without a Date header.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let config = format!(
+        "profile = \"none\"\n[[flows]]\nid = \"plain\"\nhosts = [\"plain.test\"]\nports = [80]\n[resolve]\nconnect_to = [\"plain.test:80={addr}\"]\n"
+    );
+    let (code, checks, stderr) = doctor(dir.path(), &config, &ca, &[]);
+    let clock: Vec<&serde_json::Value> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "clock")
+        .collect();
+    assert_eq!(code, 0, "{stderr}{checks:#}");
+    assert_eq!(clock.len(), 1, "{checks:#}");
+    assert_eq!(clock[0]["state"], "skipped");
+    assert!(clock[0]["detail"].as_str().unwrap().contains("no Date"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
