@@ -1028,3 +1028,42 @@ fn audit(raw: &RawConfig, read_secrets: bool, p: &mut Problems) -> Audit {
         key_file,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_above_zero_bounded_and_explained() {
+        let mut p = Problems::default();
+        assert_eq!(p.duration("a", "90s", HOUR), Duration::from_secs(90));
+        assert_eq!(p.duration("a", "1h 30m", DAY), Duration::from_secs(5400));
+        assert!(p.0.is_empty());
+        p.duration("zero", "0s", HOUR);
+        p.duration("long", "2h", HOUR);
+        p.duration("word", "ten seconds", HOUR);
+        p.duration("bare", "10", HOUR);
+        let said: Vec<(&str, &str)> =
+            p.0.iter()
+                .map(|x| (x.path.as_str(), x.message.as_str()))
+                .collect();
+        assert_eq!(said[0], ("zero", "must be longer than zero"));
+        assert!(said[1]
+            .1
+            .contains("longer than the most this key takes (1h)"));
+        assert!(said[2].1.contains("write e.g. \"10s\""));
+        assert_eq!(said[3].0, "bare", "a number without a unit is refused");
+    }
+
+    #[test]
+    fn ports_are_1_to_65535() {
+        let mut p = Problems::default();
+        assert_eq!(p.port("p".into(), 1), Some(1));
+        assert_eq!(p.port("p".into(), 65535), Some(65535));
+        for bad in [0, -1, 65536, i64::MAX] {
+            assert_eq!(p.port(format!("p{bad}"), bad), None);
+        }
+        assert_eq!(p.0.len(), 4);
+        assert_eq!(p.0[2].message, "65536 is not a port");
+    }
+}

@@ -561,3 +561,116 @@ fn absolute_form(uri: &Uri, target: &Target) -> Uri {
         .parse()
         .unwrap_or_else(|_| uri.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(method: &str, uri: &str) -> Result<Target, GatewayError> {
+        let req = Request::builder().method(method).uri(uri).body(()).unwrap();
+        request_target(&req, 8192, None)
+    }
+
+    #[test]
+    fn absolute_form_and_connect_give_the_target() {
+        let t = target("GET", "http://Covotem.Esante-Centre.FR./a?b").unwrap();
+        assert_eq!(t.to_string(), "covotem.esante-centre.fr:80");
+        assert_eq!(t.kind, Kind::Forward);
+        let t = target("CONNECT", "covotem.esante-centre.fr:443").unwrap();
+        assert_eq!((t.port, t.kind), (443, Kind::Connect));
+        let t = target("GET", "http://[2001:db8::1]:8080/").unwrap();
+        assert_eq!(t.to_string(), "[2001:db8::1]:8080");
+        assert_eq!(
+            target("GET", "http://h.example:/").unwrap().port,
+            80,
+            "an empty port is the default (RFC 3986 §3.2.3)"
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_proxy_request_is_refused_with_its_reason() {
+        assert!(matches!(
+            target("GET", "/index.html"),
+            Err(GatewayError::OriginForm)
+        ));
+        assert!(matches!(
+            target("GET", "https://h.example/"),
+            Err(GatewayError::HttpsForward)
+        ));
+        assert!(matches!(
+            target("TRACE", "http://h.example/"),
+            Err(GatewayError::MethodNotAllowed(_))
+        ));
+        for (method, uri, words) in [
+            ("GET", "ftp://h.example/", "ftp:// scheme"),
+            ("GET", "http://user:pw@h.example/", "user information"),
+            ("CONNECT", "h.example", "host:port"),
+            ("CONNECT", "h.example:0", "not a port"),
+            ("CONNECT", "h.example:65536", "not a port"),
+            ("GET", "http://h.example:8o/", "not a port"),
+            ("GET", "http://h.example:+80/", "not a port"),
+        ] {
+            match target(method, uri) {
+                Err(GatewayError::BadRequest(why)) => assert!(why.contains(words), "{uri}: {why}"),
+                other => panic!("{uri}: {other:?}"),
+            }
+        }
+        let long = format!("http://h.example/{}", "a".repeat(9000));
+        assert!(matches!(
+            target("GET", &long),
+            Err(GatewayError::UriTooLong(8192))
+        ));
+    }
+
+    #[test]
+    fn inside_a_tunnel_requests_go_to_its_target_only() {
+        let within = target("CONNECT", "h.example:8080").unwrap();
+        let inside = |uri: &str, method: &str| {
+            let req = Request::builder().method(method).uri(uri).body(()).unwrap();
+            request_target(&req, 8192, Some(&within))
+        };
+        assert_eq!(inside("/a", "GET").unwrap(), within);
+        assert_eq!(
+            inside("http://h.example:8080/a", "GET")
+                .unwrap()
+                .to_string(),
+            "h.example:8080"
+        );
+        assert!(matches!(
+            inside("http://other.example:8080/", "GET"),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            inside("h.example:8080", "CONNECT"),
+            Err(GatewayError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn the_next_hop_gets_the_form_it_expects() {
+        let t = target("GET", "http://h.example:8080/p?q=1").unwrap();
+        let uri: Uri = "http://h.example:8080/p?q=1".parse().unwrap();
+        assert_eq!(origin_form(&uri), "/p?q=1");
+        assert_eq!(absolute_form(&uri, &t), "http://h.example:8080/p?q=1");
+        let t80 = target("GET", "http://h.example/").unwrap();
+        assert_eq!(authority(&t80), "h.example");
+        assert_eq!(
+            absolute_form(&"http://h.example/".parse().unwrap(), &t80),
+            "http://h.example/"
+        );
+    }
+
+    #[test]
+    fn framing_is_derived_and_unknown_codings_refused() {
+        let mut h = http::HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.append(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        reframe(&mut h).unwrap();
+        assert!(h.is_empty());
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        assert!(matches!(
+            reframe(&mut h),
+            Err(GatewayError::TransferCoding(_))
+        ));
+    }
+}

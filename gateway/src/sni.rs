@@ -118,3 +118,118 @@ pub fn verdict(hello: &Hello, target: &Host, flow: &Flow) -> Result<(), Reason> 
         Hello::Closed => Err(Reason::ClientGone),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use passerelle_config::Environment;
+
+    fn flow(hosts: &[&str], allow_no_sni: bool) -> Flow {
+        Flow {
+            id: "f".into(),
+            description: String::new(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ips: vec![],
+            ports: vec![443],
+            tls_ports: vec![443],
+            http_ports: vec![],
+            environment: Environment::All,
+            tags: vec![],
+            allow_private: false,
+            parent_auth: true,
+            idle_timeout: None,
+            sni_check: true,
+            allow_no_sni,
+            enabled: true,
+        }
+    }
+
+    fn name(n: &str) -> Host {
+        Host::parse(n).unwrap()
+    }
+
+    #[test]
+    fn the_hello_must_name_the_target_or_a_host_of_its_flow() {
+        let f = flow(&["a.example", "b.example"], false);
+        let target = name("a.example");
+        let hello = |n: &str| Hello::Name(n.to_string());
+        assert_eq!(verdict(&hello("a.example"), &target, &f), Ok(()));
+        assert_eq!(verdict(&hello("A.Example."), &target, &f), Ok(()));
+        assert_eq!(verdict(&hello("b.example"), &target, &f), Ok(()));
+        assert_eq!(
+            verdict(&hello("evil.example"), &target, &f),
+            Err(Reason::SniMismatch)
+        );
+        assert_eq!(
+            verdict(&hello("10.0.0.1"), &target, &f),
+            Err(Reason::SniMismatch),
+            "an address in SNI is no name"
+        );
+        assert_eq!(verdict(&Hello::NoName, &target, &f), Err(Reason::NoSni));
+        assert_eq!(
+            verdict(&Hello::NoName, &target, &flow(&["a.example"], true)),
+            Ok(())
+        );
+        let ip = Host::parse("164.138.243.158").unwrap();
+        assert_eq!(verdict(&Hello::NoName, &ip, &f), Ok(()), "ICE to an IP");
+        assert_eq!(verdict(&Hello::NotTls, &target, &f), Err(Reason::NotTls));
+        assert_eq!(
+            verdict(&Hello::Timeout, &target, &f),
+            Err(Reason::SniTimeout)
+        );
+        assert_eq!(
+            verdict(&Hello::Closed, &target, &f),
+            Err(Reason::ClientGone)
+        );
+    }
+
+    /// A real ClientHello, as rustls writes it.
+    fn client_hello(server: &str) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(server.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    async fn read(bytes: Vec<u8>, segment: usize) -> (Hello, Vec<u8>) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for chunk in bytes.chunks(segment) {
+                client.write_all(chunk).await.unwrap();
+                client.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut seen = Vec::new();
+        let hello = read_client_hello(&mut server, Duration::from_secs(10), &mut seen).await;
+        writer.await.unwrap();
+        (hello, seen)
+    }
+
+    #[tokio::test]
+    async fn the_name_is_read_from_a_hello_in_any_segmentation() {
+        let bytes = client_hello("covotem.esante-centre.fr");
+        for segment in [bytes.len(), 100, 7, 1] {
+            let (hello, seen) = read(bytes.clone(), segment).await;
+            assert_eq!(
+                hello,
+                Hello::Name("covotem.esante-centre.fr".into()),
+                "{segment}"
+            );
+            assert_eq!(seen, bytes, "what was read is relayed as it came");
+        }
+        let (hello, _) = read(b"SSH-2.0-OpenSSH_9.2\r\n".to_vec(), 64).await;
+        assert_eq!(hello, Hello::NotTls);
+        let (hello, _) = read(bytes[..20].to_vec(), 64).await;
+        assert_eq!(
+            hello,
+            Hello::Closed,
+            "a hello cut short by the client's close"
+        );
+    }
+}

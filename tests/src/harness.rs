@@ -155,10 +155,13 @@ pub fn read_audit(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Every record at `path`, in order.
+/// Every record at `path`, in order: whole lines only (a line the writer is still writing
+/// is not a record yet).
 pub fn read_audit_all(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
@@ -213,15 +216,30 @@ pub fn passerelle_bin() -> PathBuf {
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let bin = target.join("debug/passerelle");
     BUILD.call_once(|| {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "passerelle-gateway",
-                "--bin",
-                "passerelle",
-            ])
+        // Without the variables cargo sets for a running test: build scripts (ring's) track
+        // some of them, and a changed value would rebuild half the tree.
+        let test_vars = std::env::vars_os().filter_map(|(k, _)| {
+            let name = k.to_str()?;
+            let set_for_tests = name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_")
+                || matches!(
+                    name,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                );
+            set_for_tests.then_some(k)
+        });
+        let mut command = std::process::Command::new(env!("CARGO"));
+        for name in test_vars {
+            command.env_remove(name);
+        }
+        let status = command
+            // The same command as scripts/test: the same features, so nothing rebuilds.
+            .args(["build", "-q", "--workspace", "--bins"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo build runs");
@@ -437,6 +455,19 @@ impl Running {
         match logged_addr(&text, "admin on ") {
             Some(addr) => format!("http://{addr}"),
             None => panic!("no admin listener in the log:\n{text}"),
+        }
+    }
+
+    /// Waits (bounded) until the binary's log contains `needle` (`reload.refused`).
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

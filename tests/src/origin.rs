@@ -111,10 +111,20 @@ impl HttpOrigin {
 
 async fn answer(req: Request<Incoming>, log: Seen) -> Result<Response<OutBody>, Infallible> {
     let path = req.uri().path().to_string();
+    // The streaming answers do not read a body: they are logged as they start.
+    let started = |log: &Seen| {
+        log.lock().expect("origin log").push(Received {
+            method: req.method().to_string(),
+            path: path.clone(),
+            body_len: 0,
+            body_fnv: format!("{FNV_OFFSET:016x}"),
+        })
+    };
     if let Some(n) = path
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<u64>().ok())
     {
+        started(&log);
         return Ok(Response::new(
             Pattern {
                 left: n,
@@ -127,6 +137,7 @@ async fn answer(req: Request<Incoming>, log: Seen) -> Result<Response<OutBody>, 
         .strip_prefix("/slow/")
         .and_then(|n| n.parse::<u64>().ok())
     {
+        started(&log);
         let body = Pattern {
             left: n * 1024,
             delay: Some(Box::pin(tokio::time::sleep(Duration::from_millis(100)))),

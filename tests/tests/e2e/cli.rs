@@ -408,7 +408,7 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
 
     std::fs::write(dir.path().join("passerelle.toml"), "[limits]\nburst = -1\n").unwrap();
     gw.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.wait_log("reload.refused").await;
     assert_eq!(
         curl(&["-x", &gw.proxy(), "http://site.test/"]).await.status,
         200,

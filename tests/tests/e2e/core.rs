@@ -418,7 +418,7 @@ async fn connect_failures_name_the_hop() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_lets_a_download_in_flight_finish_and_writes_every_record() {
-    let (_origin, gw) = origin_gateway().await;
+    let (origin, gw) = origin_gateway().await;
     let proxy = gw.proxy();
     let download = tokio::spawn(async move {
         curl(&[
@@ -430,7 +430,11 @@ async fn shutdown_lets_a_download_in_flight_finish_and_writes_every_record() {
         ])
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        origin.wait_seen(1).await.len(),
+        1,
+        "the download never started"
+    );
     let records = gw.stop().await;
     let r = download.await.unwrap();
     assert_eq!((r.status, r.exit), (200, 0), "{r:?}");

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use passerelle_tests::harness::{curl, raw_exchange, read_audit, Running, TestGateway};
+use passerelle_tests::harness::{
+    curl, raw_exchange, read_audit, wait_metric, Running, TestGateway,
+};
 use passerelle_tests::origin::HttpOrigin;
 use serde_json::Value;
 
@@ -36,7 +38,10 @@ async fn gateway_on_a_stalled_fifo(
     let fifo_text = fifo.display().to_string();
     let gw = TestGateway::start_with_env(
         &format!("[audit]\nqueue = 8\non_full = \"{on_full}\"\n[limits]\nrequests_per_second = 100000\nburst = 100000\n"),
-        &[("PASSERELLE__AUDIT__PATH", fifo_text.as_str())],
+        &[
+            ("PASSERELLE__AUDIT__PATH", fifo_text.as_str()),
+            ("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0"),
+        ],
     )
     .await;
     (gw, reader, dir)
@@ -84,7 +89,9 @@ fn drain(reader: std::fs::File, lines: usize, deadline: Duration) -> Vec<Value> 
 async fn a_stalled_sink_makes_requests_wait_and_loses_nothing() {
     let (gw, reader, _dir) = gateway_on_a_stalled_fifo("block").await;
     let answered = fire(&gw);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The writer is stuck on the FIFO once its queue is full: from then on requests wait.
+    let admin = format!("http://{}", gw.gateway().admin_addr().unwrap());
+    wait_metric(&admin, "passerelle_audit_queue_records", 8.0).await;
     let before = answered.load(Ordering::SeqCst);
     assert!(
         before < REQUESTS,
@@ -157,7 +164,9 @@ async fn sigterm_with_requests_in_flight_loses_no_record() {
             .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every download has reached the origin (is in flight) before the stop.
+    let seen = origin.wait_seen(40).await;
+    assert_eq!(seen.len(), 40, "not every download reached the origin");
     gw.signal("TERM");
     let mut finished = 0;
     for d in downloads {

@@ -324,7 +324,6 @@ async fn sni_must_name_a_host_of_the_flow() {
     );
 
     let _quiet = open_tunnel(&gw, "covotem.esante-centre.fr:443").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         gw.nth_record_for("covotem.esante-centre.fr", 5).await["reason"],
         "sni_timeout"
@@ -485,10 +484,13 @@ async fn the_request_rate_is_limited_per_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_caps_per_client_and_in_total() {
-    let gw = TestGateway::start("[limits]\nmax_connections_per_client = 2\n").await;
+    let admin = [("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")];
+    let gw =
+        TestGateway::start_with_env("[limits]\nmax_connections_per_client = 2\n", &admin).await;
+    let metrics = format!("http://{}", gw.gateway().admin_addr().unwrap());
     let _a = TcpStream::connect(gw.addr).await.unwrap();
     let _b = TcpStream::connect(gw.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_metric(&metrics, "passerelle_client_connections", 2.0).await;
     let third = raw_exchange(gw.addr, b"").await;
     assert!(third.starts_with("HTTP/1.1 503"), "{third:?}");
     assert_eq!(
@@ -496,10 +498,11 @@ async fn connection_caps_per_client_and_in_total() {
         "client_connection_limit"
     );
 
-    let gw = TestGateway::start("[limits]\nmax_connections = 2\n").await;
+    let gw = TestGateway::start_with_env("[limits]\nmax_connections = 2\n", &admin).await;
+    let metrics = format!("http://{}", gw.gateway().admin_addr().unwrap());
     let _a = TcpStream::connect(gw.addr).await.unwrap();
     let _b = TcpStream::connect(gw.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_metric(&metrics, "passerelle_client_connections", 2.0).await;
     let third = raw_exchange(
         gw.addr,
         b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n",
@@ -792,19 +795,19 @@ async fn a_reload_needs_its_header_names_its_client_and_keeps_the_rate_buckets()
     let config =
         "[admin]\nallow = [\"127.0.0.2/32\"]\n[limits]\nrequests_per_second = 1\nburst = 3\n";
     let dir = tempfile::tempdir().unwrap();
-    let admin_port = passerelle_tests::harness::free_port();
     let gw = Running::with_env(
         dir.path(),
         config,
-        &[(
-            "PASSERELLE__LISTEN__ADMIN",
-            &format!("127.0.0.1:{admin_port}"),
-        )],
+        &[("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")],
     )
     .start()
     .await;
-    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin_port).into();
-    passerelle_tests::harness::wait_listening(admin_addr).await;
+    let admin_addr: SocketAddr = gw
+        .admin()
+        .await
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
     // A page on a workstation could post text/plain cross-site: refused without the header.
     let forged = exchange_from(
         admin_addr,
@@ -828,7 +831,8 @@ async fn a_reload_needs_its_header_names_its_client_and_keeps_the_rate_buckets()
     )
     .await;
     assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
-    let records = passerelle_tests::harness::wait_records(&gw.audit, 7).await;
+    // The forged reload, three refusals, the 429, the reload.
+    let records = passerelle_tests::harness::wait_records(&gw.audit, 6).await;
     let reload = records
         .iter()
         .find(|r| r["event"] == "reload")
@@ -853,7 +857,8 @@ async fn a_reload_needs_its_header_names_its_client_and_keeps_the_rate_buckets()
         "a reload handed out a fresh burst"
     );
     gw.signal("HUP");
-    let records = passerelle_tests::harness::wait_records(&gw.audit, 10).await;
+    // ... then the second 429 and the reload by signal.
+    let records = passerelle_tests::harness::wait_records(&gw.audit, 8).await;
     let by_signal = records.iter().filter(|r| r["event"] == "reload").nth(1);
     assert_eq!(
         by_signal.map(|r| r["client"].clone()),
