@@ -24,15 +24,18 @@ pub enum AuthMode {
     Auto,
 }
 
-impl AuthMode {
-    pub fn parse(s: &str) -> Option<AuthMode> {
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AuthMode, String> {
         match s {
-            "none" => Some(AuthMode::None),
-            "basic" => Some(AuthMode::Basic),
-            "ntlm" => Some(AuthMode::Ntlm),
-            "negotiate" => Some(AuthMode::Negotiate),
-            "auto" => Some(AuthMode::Auto),
-            _ => None,
+            "none" => Ok(AuthMode::None),
+            "basic" => Ok(AuthMode::Basic),
+            "ntlm" => Ok(AuthMode::Ntlm),
+            "negotiate" => Ok(AuthMode::Negotiate),
+            "auto" => Ok(AuthMode::Auto),
+            other => Err(format!(
+                "{other:?} is not an auth mode (none, basic, ntlm, negotiate, auto)"
+            )),
         }
     }
 }

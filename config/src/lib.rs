@@ -8,6 +8,7 @@ pub mod policy;
 pub mod raw;
 pub mod routing;
 mod validate;
+mod vocabulary;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -106,20 +107,10 @@ pub struct Pages {
     pub language: PageLanguage,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PageLanguage {
-    Fr,
-    En,
-}
-
-impl std::str::FromStr for PageLanguage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<PageLanguage, String> {
-        match s {
-            "fr" => Ok(PageLanguage::Fr),
-            "en" => Ok(PageLanguage::En),
-            other => Err(format!("{other:?} is not a language of the pages (fr, en)")),
-        }
+vocabulary::vocabulary! {
+    pub enum PageLanguage ("a language of the pages") {
+        Fr = "fr",
+        En = "en",
     }
 }
 
@@ -215,11 +206,22 @@ pub enum SyslogTarget {
     Udp(SocketAddr),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditFormat {
-    Json,
-    /// Squid's native access.log line.
-    Squid,
+vocabulary::vocabulary! {
+    pub enum AuditFormat ("a format") {
+        Json = "json",
+        /// Squid's native access.log line.
+        Squid = "squid",
+    }
+}
+
+vocabulary::vocabulary! {
+    /// What the audit does when its queue is full.
+    pub enum OnFull ("a choice") {
+        /// New requests wait: nothing goes unrecorded.
+        Block = "block",
+        /// New requests go on unrecorded, counted in `passerelle_audit_dropped`.
+        Drop = "drop",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -228,8 +230,7 @@ pub struct Audit {
     pub format: AuditFormat,
     /// Records waiting for the writer, at most.
     pub queue: usize,
-    /// `on_full = "drop"`: when the queue is full, count and drop instead of waiting.
-    pub drop_when_full: bool,
+    pub on_full: OnFull,
     /// The key of the chain's HMAC (without it, plain SHA-256).
     pub key_file: Option<PathBuf>,
 }

@@ -35,22 +35,12 @@ impl fmt::Display for Target {
     }
 }
 
-/// Which deployment a flow belongs to; a site enables production and/or preprod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    Production,
-    Preprod,
-    All,
-}
-
-impl fmt::Display for Environment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Environment::Production => "production",
-            Environment::Preprod => "preprod",
-            Environment::All => "all",
-        })
+crate::vocabulary::vocabulary! {
+    /// Which deployment a flow belongs to; a site enables production and/or preprod.
+    pub enum Environment ("an environment") {
+        Production = "production",
+        Preprod = "preprod",
+        All = "all",
     }
 }
 
@@ -100,20 +90,12 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
 }
 
-/// Where an allowed request goes next. The parent is chosen when connecting (failover over
-/// the ordered `[[upstream]]` list), so the decision names the kind of route only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    Direct,
-    Upstream,
-}
-
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Route::Direct => "direct",
-            Route::Upstream => "upstream",
-        })
+crate::vocabulary::vocabulary! {
+    /// Where an allowed request goes next. The parent is chosen when connecting (failover
+    /// over the ordered `[[upstream]]` list), so the decision names the kind of route only.
+    pub enum Route ("a route") {
+        Direct = "direct",
+        Upstream = "upstream",
     }
 }
 

@@ -274,3 +274,33 @@ fn the_default_file_lists_every_section() {
         assert!(DEFAULT_TOML.contains(section), "{section}");
     }
 }
+
+#[test]
+fn parent_urls_are_scheme_host_and_port_only() {
+    let text = |u: &str| format!("[[upstream]]\nurl = \"{u}\"\n");
+    let url = |u: &str| problems(&text(u), &[]);
+    let c = load_text(&text("HTTPS://[2001:db8::1]:3128/"), &[]).unwrap();
+    assert_eq!(c.upstreams[0].url, "https://[2001:db8::1]:3128");
+    let c = load_text(&text("http://Proxy.CHU.local:8080"), &[]).unwrap();
+    assert_eq!(c.upstreams[0].url, "http://proxy.chu.local:8080");
+    for (bad, words) in [
+        (
+            "http://proxy.chu.local",
+            "has no port, and a proxy has no default one",
+        ),
+        ("http://proxy:0", "0 is not a port"),
+        ("http://proxy:99999", "99999 is not a port"),
+        ("http://user:pw@proxy:8080", "without path or user"),
+        ("http://proxy:8080/path", "without path or user"),
+        ("http://proxy:8080/?q", "without path or user"),
+        ("socks5://proxy:1080", "must start with http:// or https://"),
+        ("proxy:8080", "must start with http:// or https://"),
+        ("http://pro xy:8080", "is not a URL"),
+    ] {
+        let said = url(bad);
+        assert!(
+            said.len() == 1 && said[0].starts_with("upstream[0].url: ") && said[0].contains(words),
+            "{bad}: {said:?}"
+        );
+    }
+}

@@ -13,7 +13,9 @@ use crate::host::{normalize_ip, Host};
 use crate::policy::{Environment, Flow, Policy, Route, Routing};
 use crate::raw::{RawConfig, RawFlow, RawProfile, RawUpstream};
 use crate::routing::DirectPattern;
-use crate::{Audit, AuditFormat, AuditSink, Config, Limits, Listen, Problem, Resolve, Upstream};
+use crate::{
+    Audit, AuditFormat, AuditSink, Config, Limits, Listen, OnFull, Problem, Resolve, Upstream,
+};
 
 const COVOTEM_PROFILE: &str = include_str!("../profiles/covotem.toml");
 
@@ -281,17 +283,15 @@ fn clients(raw: &RawConfig, listen: &Listen, p: &mut Problems) -> Vec<IpNet> {
 fn environments(raw: &RawConfig, p: &mut Problems) -> HashSet<Environment> {
     let mut set = HashSet::new();
     for (i, e) in raw.environments.iter().enumerate() {
-        match e.trim() {
-            "production" => {
-                set.insert(Environment::Production);
-            }
-            "preprod" => {
-                set.insert(Environment::Preprod);
-            }
-            other => p.add(
+        match e.trim().parse() {
+            Ok(Environment::All) => p.add(
                 format!("environments[{i}]"),
-                format!("{other:?} is not an environment (production, preprod)"),
+                "\"all\" is a flow's environment; a site switches on production and/or preprod",
             ),
+            Ok(environment) => {
+                set.insert(environment);
+            }
+            Err(why) => p.add(format!("environments[{i}]"), why),
         }
     }
     set
@@ -453,15 +453,10 @@ fn flow(
             .filter(|&port| port == 80 && !tls_ports.contains(&port))
             .collect(),
     };
-    let environment = match f.environment.as_deref().unwrap_or("all") {
-        "all" => Environment::All,
-        "production" => Environment::Production,
-        "preprod" => Environment::Preprod,
-        other => {
-            p.add(
-                format!("{path}.environment"),
-                format!("{other:?} is not an environment (all, production, preprod)"),
-            );
+    let environment = match f.environment.as_deref().unwrap_or("all").parse() {
+        Ok(environment) => environment,
+        Err(why) => {
+            p.add(format!("{path}.environment"), why);
             Environment::All
         }
     };
@@ -492,29 +487,19 @@ fn flow(
 }
 
 fn routing(raw: &RawConfig, has_parents: bool, p: &mut Problems) -> Routing {
-    let default = match raw.routing.default.as_deref() {
-        None => {
-            if has_parents {
-                Route::Upstream
-            } else {
-                Route::Direct
-            }
-        }
-        Some("direct") => Route::Direct,
-        Some("upstream") => {
-            if !has_parents {
-                p.add(
-                    "routing.default",
-                    "\"upstream\" needs at least one [[upstream]] entry",
-                );
-            }
-            Route::Upstream
-        }
-        Some(other) => {
+    let default = match raw.routing.default.as_deref().map(str::parse) {
+        None if has_parents => Route::Upstream,
+        None => Route::Direct,
+        Some(Ok(Route::Upstream)) if !has_parents => {
             p.add(
                 "routing.default",
-                format!("{other:?} is not a route (upstream, direct)"),
+                "\"upstream\" needs at least one [[upstream]] entry",
             );
+            Route::Upstream
+        }
+        Some(Ok(route)) => route,
+        Some(Err(why)) => {
+            p.add("routing.default", why);
             Route::Direct
         }
     };
@@ -546,52 +531,12 @@ fn upstream(
     p: &mut Problems,
 ) -> Option<Upstream> {
     let before = p.0.len();
-    let (tls, rest) = if let Some(rest) = u.url.strip_prefix("http://") {
-        (false, rest)
-    } else if let Some(rest) = u.url.strip_prefix("https://") {
-        (true, rest)
-    } else {
-        p.add(
-            format!("{path}.url"),
-            format!("{:?} must start with http:// or https://", u.url),
-        );
-        return None;
-    };
-    let authority = rest.trim_end_matches('/');
-    if authority.contains(['/', '@', '?', '#']) {
-        p.add(
-            format!("{path}.url"),
-            format!(
-                "{:?} must be scheme://host:port, without path or user",
-                u.url
-            ),
-        );
-    }
-    let (host, port) = match split_host_port(authority) {
-        Some((h, port)) => (h, port),
-        None => {
-            p.add(
-                format!("{path}.url"),
-                format!(
-                    "{:?} has no port, and a proxy has no default one: write it (e.g. {}:8080)",
-                    u.url,
-                    u.url.trim_end_matches('/')
-                ),
-            );
-            (authority, Some(1))
-        }
-    };
-    let port = port.unwrap_or_else(|| {
-        p.add(format!("{path}.url"), format!("{:?} has a bad port", u.url));
-        0
+    let url_path = format!("{path}.url");
+    // A bad URL is reported and the entry's other keys still checked, against a stand-in.
+    let (tls, host, port) = parent_url(&u.url).unwrap_or_else(|why| {
+        p.add(url_path, why);
+        (false, Host::Name("proxy.invalid".into()), 1)
     });
-    let host = match Host::parse(host) {
-        Ok(h) => h,
-        Err(e) => {
-            p.add(format!("{path}.url"), e.to_string());
-            return None;
-        }
-    };
     if let Host::Ip(ip) = host {
         if listen
             .proxy
@@ -607,14 +552,8 @@ fn upstream(
             );
         }
     }
-    let auth = AuthMode::parse(&u.auth).unwrap_or_else(|| {
-        p.add(
-            format!("{path}.auth"),
-            format!(
-                "{:?} is not an auth mode (none, basic, ntlm, negotiate, auto)",
-                u.auth
-            ),
-        );
+    let auth = u.auth.parse().unwrap_or_else(|why| {
+        p.add(format!("{path}.auth"), why);
         AuthMode::None
     });
     if u.password.is_some() {
@@ -738,6 +677,43 @@ fn upstream(
         down_cooldown,
         health_interval,
     })
+}
+
+/// A parent's URL: `http://` or `https://`, a host, and a port (a proxy has no default
+/// port), nothing else.
+fn parent_url(url: &str) -> Result<(bool, Host, u16), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} names no host"))?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
+    {
+        return Err(format!(
+            "{url:?} must be scheme://host:port, without path or user"
+        ));
+    }
+    let after_host = authority.as_str().rsplit(']').next().unwrap_or_default();
+    let port = match after_host.rsplit_once(':').map(|(_, written)| written) {
+        None | Some("") => {
+            return Err(format!(
+                "{url:?} has no port, and a proxy has no default one: write it (e.g. {}:8080)",
+                url.trim_end_matches('/')
+            ))
+        }
+        Some(written) => match written.parse::<u16>() {
+            Ok(port) if port != 0 => port,
+            _ => return Err(format!("{url:?}: {written} is not a port")),
+        },
+    };
+    let host = Host::parse(authority.host()).map_err(|e| e.to_string())?;
+    Ok((tls, host, port))
 }
 
 /// The Kerberos identity for `auth = "negotiate"`, or `auto` with Kerberos credentials (a
@@ -970,26 +946,14 @@ fn audit(raw: &RawConfig, read_secrets: bool, p: &mut Problems) -> Audit {
             AuditSink::Stdout
         }
     };
-    let format = match a.format.as_str() {
-        "json" => AuditFormat::Json,
-        "squid" => AuditFormat::Squid,
-        other => {
-            let msg = format!("{other:?} is not a format (json, squid)");
-            p.add("audit.format", msg);
-            AuditFormat::Json
-        }
-    };
-    let drop_when_full = match a.on_full.as_str() {
-        "block" => false,
-        "drop" => true,
-        other => {
-            p.add(
-                "audit.on_full",
-                format!("{other:?} is not a choice (block, drop)"),
-            );
-            false
-        }
-    };
+    let format = a.format.parse().unwrap_or_else(|why| {
+        p.add("audit.format", why);
+        AuditFormat::Json
+    });
+    let on_full = a.on_full.parse().unwrap_or_else(|why| {
+        p.add("audit.on_full", why);
+        OnFull::Block
+    });
     let queue = match usize::try_from(a.queue) {
         Ok(q) if q >= 1 => q,
         _ => {
@@ -1024,7 +988,7 @@ fn audit(raw: &RawConfig, read_secrets: bool, p: &mut Problems) -> Audit {
         sink,
         format,
         queue,
-        drop_when_full,
+        on_full,
         key_file,
     }
 }

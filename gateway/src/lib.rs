@@ -5,25 +5,25 @@
 /// The commit this binary was built from (`PASSERELLE_COMMIT`, or git's).
 pub const COMMIT: &str = env!("PASSERELLE_COMMIT");
 
-pub mod admin;
+mod admin;
 pub mod audit;
-pub mod body;
-pub mod connect;
+mod body;
+mod connect;
 pub mod doctor;
-pub mod error;
-pub mod headers;
-pub mod limits;
-pub mod listener;
-pub mod metrics;
-pub mod pac;
-pub mod pages;
-pub mod pool;
-pub mod relay;
+mod error;
+mod headers;
+mod limits;
+mod listener;
+mod metrics;
+mod pac;
+mod pages;
+mod pool;
+mod relay;
 pub mod report;
-pub mod runtime;
-pub mod service;
+mod runtime;
+mod service;
 pub mod sni;
-pub mod status;
+mod status;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -91,7 +91,7 @@ impl AuditLog {
             run: rand::random(),
             next_id: AtomicU64::new(1),
             room: Arc::new(Semaphore::new(settings.queue.min(Semaphore::MAX_PERMITS))),
-            drop_when_full: settings.drop_when_full,
+            drop_when_full: settings.on_full == passerelle_config::OnFull::Drop,
             dropped: AtomicU64::new(0),
             gap: AtomicU64::new(0),
             queued: AtomicU64::new(0),
