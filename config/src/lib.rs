@@ -59,6 +59,8 @@ pub struct Config {
     pub audit: Audit,
     pub admin: Admin,
     pub pages: Pages,
+    pub udp: Udp,
+    pub site: Site,
     /// SHA-256 of the sources (file and overrides), for reload records.
     pub digest: String,
     pub source: Option<PathBuf>,
@@ -112,6 +114,52 @@ vocabulary::vocabulary! {
         Fr = "fr",
         En = "en",
     }
+}
+
+/// The UDP flows the jump host routes (`passerelle firewall`).
+#[derive(Debug, Clone)]
+pub struct Udp {
+    /// Follow the kernel's connection tracking for them and audit each flow.
+    pub audit: bool,
+}
+
+/// The site's capacity, for the status page and doctor.
+#[derive(Debug, Clone, Default)]
+pub struct Site {
+    pub uplink_mbit: Option<u32>,
+    pub workstations: Option<u32>,
+}
+
+/// A DSCP written as a class name or a number (`"AF41"`, `"ef"`, `"46"`); `"none"` is no
+/// mark.
+pub fn dscp_value(text: &str) -> Result<Option<u8>, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let value = match upper.as_str() {
+        "NONE" | "" => return Ok(None),
+        "EF" => 46,
+        "VA" => 44,
+        "LE" => 1,
+        "DF" | "BE" => 0,
+        class => {
+            let parsed = if let Some(n) = class.strip_prefix("CS") {
+                n.parse::<u8>().ok().filter(|n| *n <= 7).map(|n| n * 8)
+            } else if let Some(n) = class.strip_prefix("AF") {
+                let digits: Vec<u8> = n.bytes().map(|b| b.wrapping_sub(b'0')).collect();
+                match digits[..] {
+                    [c @ 1..=4, d @ 1..=3] => Some(c * 8 + d * 2),
+                    _ => None,
+                }
+            } else {
+                class.parse::<u8>().ok().filter(|n| *n < 64)
+            };
+            parsed.ok_or_else(|| {
+                format!(
+                    "{text:?} is not a DSCP (EF, AF11..AF43, CS0..CS7, LE, a number 0-63, or none)"
+                )
+            })?
+        }
+    };
+    Ok(Some(value))
 }
 
 /// What `/proxy.pac` tells workstations.

@@ -71,6 +71,12 @@ pub struct Flow {
     pub sni_check: bool,
     /// On `tls_ports`, accept a ClientHello without a server name for a name target.
     pub allow_no_sni: bool,
+    /// UDP ports routed through the jump host to `ips` (`passerelle firewall`).
+    pub udp_ports: Vec<u16>,
+    /// The QoS mark of its packets (IP TOS / IPv6 traffic class, upper six bits).
+    pub dscp: Option<u8>,
+    /// Where it comes from (the prerequisites' rows), for the flow matrix.
+    pub source: String,
     /// Whether the site's `environments` switch this flow on.
     pub enabled: bool,
 }
@@ -321,6 +327,9 @@ mod tests {
             idle_timeout: None,
             sni_check: true,
             allow_no_sni: false,
+            udp_ports: vec![],
+            dscp: None,
+            source: String::new(),
             enabled: on,
         }
     }

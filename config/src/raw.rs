@@ -51,6 +51,35 @@ pub struct RawConfig {
     pub audit: RawAudit,
     pub admin: RawAdmin,
     pub pages: RawPages,
+    pub udp: RawUdp,
+    pub qos: RawQos,
+    pub site: RawSite,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawUdp {
+    pub audit: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawQos {
+    /// Flow id → DSCP, over the flows' own `dscp` (`"none"` removes a mark).
+    #[serde(default)]
+    pub dscp: std::collections::BTreeMap<String, RawDscp>,
+}
+
+/// A DSCP as written: a class name (`"AF41"`) or a number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDscp {
+    Number(i64),
+    Name(String),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSite {
+    pub uplink_mbit: Option<i64>,
+    pub workstations: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +140,11 @@ pub struct RawFlow {
     pub sni_check: Option<bool>,
     #[serde(default)]
     pub allow_no_sni: bool,
+    #[serde(default)]
+    pub udp_ports: Vec<i64>,
+    pub dscp: Option<RawDscp>,
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -304,3 +304,74 @@ fn parent_urls_are_scheme_host_and_port_only() {
         );
     }
 }
+
+#[test]
+fn dscp_classes_and_numbers() {
+    use crate::dscp_value;
+    assert_eq!(dscp_value("AF41"), Ok(Some(34)));
+    assert_eq!(dscp_value("af11"), Ok(Some(10)));
+    assert_eq!(dscp_value("EF"), Ok(Some(46)));
+    assert_eq!(dscp_value("CS3"), Ok(Some(24)));
+    assert_eq!(dscp_value("46"), Ok(Some(46)));
+    assert_eq!(dscp_value("none"), Ok(None));
+    for bad in ["AF44", "AF51", "CS8", "64", "gold"] {
+        assert!(dscp_value(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_visio_flows_carry_udp_and_af41_and_a_site_can_change_the_mark() {
+    let c = load_text("", &[]).unwrap();
+    let flow = |c: &Config, id: &str| {
+        c.policy
+            .flows()
+            .iter()
+            .find(|f| f.id == id)
+            .unwrap()
+            .clone()
+    };
+    let visio = flow(&c, "visio-equinix2");
+    assert_eq!(visio.udp_ports, [443, 8084]);
+    assert_eq!(visio.dscp, Some(34));
+    assert!(visio.source.contains("213.249.113.12"));
+    assert_eq!(flow(&c, "tlm-prod").dscp, None);
+    let c = load_text("[qos]\ndscp = { \"visio-equinix2\" = \"EF\", \"visio-equinix3\" = \"none\", \"tlm-prod\" = 26 }\n", &[]).unwrap();
+    assert_eq!(flow(&c, "visio-equinix2").dscp, Some(46));
+    assert_eq!(flow(&c, "visio-equinix3").dscp, None);
+    assert_eq!(flow(&c, "tlm-prod").dscp, Some(26));
+    assert_eq!(
+        problems(
+            "[qos]\ndscp = { \"nope\" = \"EF\", \"tlm-prod\" = 64 }\n",
+            &[]
+        ),
+        [
+            "qos.dscp.nope: there is no flow \"nope\"",
+            "qos.dscp.tlm-prod: 64 is not a DSCP (0-63)"
+        ]
+    );
+}
+
+#[test]
+fn udp_ports_need_addresses() {
+    let p = problems(
+        "[[flows]]\nid = \"u\"\nhosts = [\"media.example\"]\nudp_ports = [3478, 0]\n",
+        &[],
+    );
+    assert_eq!(
+        p,
+        [
+            "flows[0].udp_ports[1]: 0 is not a port",
+            "flows[0].udp_ports: UDP is routed by address, not by name: list the flow's documented ips"
+        ]
+    );
+    let c = load_text(
+        "[[flows]]\nid = \"u\"\nips = [\"198.18.0.9\"]\nudp_ports = [3478]\n",
+        &[],
+    )
+    .unwrap();
+    let f = c.policy.flows().iter().find(|f| f.id == "u").unwrap();
+    assert!(
+        f.ports.is_empty() && f.udp_ports == [3478],
+        "a UDP-only flow opens no TCP port"
+    );
+}

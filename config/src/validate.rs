@@ -102,7 +102,8 @@ pub(crate) fn compile(
     );
     let clients = clients(&raw, &listen, &mut p);
     let environments = environments(&raw, &mut p);
-    let flows = flows(&raw, &environments, &mut p);
+    let mut flows = flows(&raw, &environments, &mut p);
+    qos(&raw, &mut flows, &mut p);
     let upstreams: Vec<Upstream> = raw
         .upstream
         .iter()
@@ -125,6 +126,20 @@ pub(crate) fn compile(
         }),
     };
 
+    let udp = crate::Udp {
+        audit: raw.udp.audit,
+    };
+    let site = crate::Site {
+        uplink_mbit: raw
+            .site
+            .uplink_mbit
+            .map(|v| at_least(&mut p, "site.uplink_mbit", v, 1)),
+        workstations: raw
+            .site
+            .workstations
+            .map(|v| at_least(&mut p, "site.workstations", v, 1)),
+    };
+
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -140,6 +155,8 @@ pub(crate) fn compile(
         audit,
         admin,
         pages,
+        udp,
+        site,
         digest,
         source,
     })
@@ -406,9 +423,25 @@ fn flow(
             "a flow needs at least one host or IP",
         );
     }
-    if f.ports.is_empty() {
+    if f.ports.is_empty() && f.udp_ports.is_empty() {
         p.add(format!("{path}.ports"), "a flow needs at least one port");
     }
+    let udp_ports: Vec<u16> = f
+        .udp_ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, port)| p.port(format!("{path}.udp_ports[{i}]"), *port))
+        .collect();
+    if !udp_ports.is_empty() && ips.is_empty() {
+        p.add(
+            format!("{path}.udp_ports"),
+            "UDP is routed by address, not by name: list the flow's documented ips",
+        );
+    }
+    let dscp = f
+        .dscp
+        .as_ref()
+        .and_then(|d| dscp(d, &format!("{path}.dscp"), p));
     let ports: Vec<u16> = f
         .ports
         .iter()
@@ -482,8 +515,44 @@ fn flow(
         idle_timeout,
         sni_check: f.sni_check.unwrap_or(true),
         allow_no_sni: f.allow_no_sni,
+        udp_ports,
+        dscp,
+        source: f.source.trim().to_string(),
         enabled: environment == Environment::All || environments.contains(&environment),
     })
+}
+
+/// `[qos] dscp`: marks set or removed on flows by id, the profile's included.
+fn qos(raw: &RawConfig, flows: &mut [Flow], p: &mut Problems) {
+    for (id, value) in &raw.qos.dscp {
+        let path = format!("qos.dscp.{id}");
+        match flows.iter_mut().find(|f| &f.id == id) {
+            Some(flow) => flow.dscp = dscp(value, &path, p),
+            None => p.add(path, format!("there is no flow {id:?}")),
+        }
+    }
+}
+
+/// A DSCP: a class name (RFC 4594's `EF`, `AF11`..`AF43`, `CS0`..`CS7`, `LE`), a number
+/// 0-63, or `"none"`.
+fn dscp(value: &crate::raw::RawDscp, path: &str, p: &mut Problems) -> Option<u8> {
+    use crate::raw::RawDscp;
+    match value {
+        RawDscp::Number(n) => match u8::try_from(*n) {
+            Ok(n) if n < 64 => Some(n),
+            _ => {
+                p.add(path, format!("{n} is not a DSCP (0-63)"));
+                None
+            }
+        },
+        RawDscp::Name(name) => match crate::dscp_value(name) {
+            Ok(value) => value,
+            Err(why) => {
+                p.add(path, why);
+                None
+            }
+        },
+    }
 }
 
 fn routing(raw: &RawConfig, has_parents: bool, p: &mut Problems) -> Routing {

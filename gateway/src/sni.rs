@@ -140,6 +140,9 @@ mod tests {
             idle_timeout: None,
             sni_check: true,
             allow_no_sni,
+            udp_ports: vec![],
+            dscp: None,
+            source: String::new(),
             enabled: true,
         }
     }
