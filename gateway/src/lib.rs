@@ -11,6 +11,7 @@ mod body;
 mod connect;
 pub mod doctor;
 mod error;
+pub mod firewall;
 mod headers;
 mod limits;
 mod listener;

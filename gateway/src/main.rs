@@ -38,6 +38,16 @@ enum Command {
     },
     /// Print a commented configuration with every key and its default.
     PrintDefaultConfig,
+    /// Render the visio's UDP routing (an nftables table for `nft -f`) or the flow matrix a
+    /// network team files, from the flow table.
+    Firewall {
+        #[arg(long, value_enum, default_value = "nftables")]
+        format: FirewallFormat,
+        /// Also the jump host's own input rules: the proxy ports for the workstations only,
+        /// the admin port for admin.allow only (nftables).
+        #[arg(long)]
+        input: bool,
+    },
     /// Read a password (without echo) and print its NT hash, for `nt_hash_file`.
     HashPassword,
     /// Check the prerequisites through the configured routes: parent, DNS, TCP, TLS,
@@ -97,6 +107,13 @@ enum AuditCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FirewallFormat {
+    Nftables,
+    Csv,
+    Markdown,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
@@ -110,6 +127,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
+        Command::Firewall { format, input } => firewall(cli.config.as_deref(), format, input),
         Command::Report {
             files,
             json,
@@ -262,6 +280,25 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
     gateway.shutdown().await?;
     tracing::info!("stopped; audit flushed");
     Ok(())
+}
+
+/// Renders from the flow table only: the parent's secrets are not read.
+fn firewall(path: Option<&Path>, format: FirewallFormat, input: bool) -> ExitCode {
+    let options = passerelle_config::Options { secrets: false };
+    let config = match passerelle_config::load_with(path, &env(), options) {
+        Ok(config) => config,
+        Err(e) => return report_problems(&e),
+    };
+    use passerelle_gateway::firewall;
+    print!(
+        "{}",
+        match format {
+            FirewallFormat::Nftables => firewall::nftables(&config, input, config.udp.audit),
+            FirewallFormat::Csv => firewall::csv(&config),
+            FirewallFormat::Markdown => firewall::markdown(&config),
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 fn check_config(path: Option<&Path>, preflight: bool, without_secrets: bool) -> ExitCode {
