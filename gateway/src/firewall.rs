@@ -97,6 +97,27 @@ pub fn nftables(config: &Config, input: bool, audit: bool) -> String {
         let _ = writeln!(out, "\t}}\n");
     }
     let flows = udp_flows(config);
+    let destinations = |v4: bool| -> Vec<String> {
+        let mut ips: Vec<String> = flows
+            .iter()
+            .flat_map(|f| f.ips.iter())
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(IpAddr::to_string)
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    };
+    for (name, kind, ips) in [
+        ("destinations4", "ipv4_addr", destinations(true)),
+        ("destinations6", "ipv6_addr", destinations(false)),
+    ] {
+        let _ = writeln!(out, "\tset {name} {{\n\t\ttype {kind}");
+        if !ips.is_empty() {
+            let _ = writeln!(out, "\t\telements = {}", list(&ips));
+        }
+        let _ = writeln!(out, "\t}}\n");
+    }
     for flow in &flows {
         let _ = writeln!(
             out,
@@ -107,7 +128,7 @@ pub fn nftables(config: &Config, input: bool, audit: bool) -> String {
     }
     let _ = writeln!(
         out,
-        "\tcounter refused {{\n\t\tcomment \"forwarded from the workstations, no flow\"\n\t}}\n"
+        "\tcounter refused {{\n\t\tcomment \"forwarded from the workstations or to the flows' addresses, no flow\"\n\t}}\n"
     );
 
     let _ = writeln!(out, "\tchain forward {{");
@@ -149,16 +170,23 @@ pub fn nftables(config: &Config, input: bool, audit: bool) -> String {
     } else {
         "log prefix \"passerelle refused: \" level info".to_string()
     };
-    for (saddr, set) in [
+    let _ = writeln!(
+        out,
+        "\t\t# everything else from the workstations, or to the flows' addresses from anyone"
+    );
+    for (addr, set) in [
         ("ip saddr", "workstations4"),
         ("ip6 saddr", "workstations6"),
+        ("ip daddr", "destinations4"),
+        ("ip6 daddr", "destinations6"),
     ] {
-        let _ = writeln!(
-            out,
-            "\t\t{saddr} @{set} counter name refused limit rate 20/second burst 40 packets {log}"
-        );
-        let _ = writeln!(out, "\t\t{saddr} @{set} drop");
+        let _ = writeln!(out, "\t\t{addr} @{set} jump refuse");
     }
+    let _ = writeln!(out, "\t}}\n");
+    let _ = writeln!(out, "\tchain refuse {{");
+    let _ = writeln!(out, "\t\tcounter name refused");
+    let _ = writeln!(out, "\t\tlimit rate 20/second burst 40 packets {log}");
+    let _ = writeln!(out, "\t\tdrop");
     let _ = writeln!(out, "\t}}\n");
 
     let _ = writeln!(out, "\tchain postrouting {{");
@@ -429,7 +457,9 @@ mod tests {
             "only the two visio flows carry UDP"
         );
         assert!(rules.contains("ct mark 0x50530001 masquerade"));
-        assert!(rules.contains("ip saddr @workstations4 drop"));
+        assert!(rules.contains("ip saddr @workstations4 jump refuse"));
+        assert!(rules.contains("ip daddr @destinations4 jump refuse"));
+        assert!(rules.contains("elements = { 213.249.113.12, 213.249.113.13 }"));
         assert!(!rules.contains("chain input"));
         assert!(rules.starts_with("#!/usr/sbin/nft -f"));
         assert_eq!(

@@ -4,5 +4,6 @@
 
 pub mod browser;
 pub mod harness;
+pub mod netns;
 pub mod origin;
 pub mod peers;

@@ -7,4 +7,5 @@ mod hostile;
 mod kerberos;
 mod operations;
 mod parent_faults;
+mod udp;
 mod upstream;

@@ -1,0 +1,234 @@
+//! The visio's UDP routed through the jump host: `passerelle firewall` loaded into real
+//! nftables in network namespaces (a workstation, the jump host, the outside with UDP echo
+//! peers), addresses from 198.18.0.0/15 only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use passerelle_tests::harness::passerelle_bin;
+use passerelle_tests::netns::{self, Netns};
+
+/// The workstation, the jump host and the outside, with the ruleset of `config` loaded in
+/// the jump host and echo peers outside.
+struct Site {
+    ws: Netns,
+    jump: Netns,
+    out: Netns,
+    dir: tempfile::TempDir,
+    echo: Child,
+    config: PathBuf,
+}
+
+const CONFIG: &str = r#"profile = "none"
+[clients]
+allow = ["198.18.0.0/26"]
+[[flows]]
+id = "media"
+ips = ["198.19.0.2"]
+udp_ports = [3478]
+dscp = "AF41"
+source = "test: the visio's media"
+"#;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/udp.py")
+}
+
+impl Site {
+    /// `None` (said on stderr) where namespaces are not permitted.
+    fn build(config: &str) -> Option<Site> {
+        if let Some(why) = netns::unavailable() {
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        let ws = Netns::new("ws");
+        let jump = Netns::new("jump");
+        let out = Netns::new("out");
+        let (ws_if, _) = ws.link(&jump, "198.18.0.2/24", "198.18.0.1/24");
+        ws.sh(&format!("ip addr add 198.18.0.66/24 dev {ws_if}"));
+        ws.sh("ip route add default via 198.18.0.1");
+        let (_, out_if) = jump.link(&out, "198.19.0.1/24", "198.19.0.2/24");
+        out.sh(&format!("ip addr add 198.19.0.3/24 dev {out_if}"));
+        jump.sh("sysctl -qw net.ipv4.ip_forward=1");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("echo.log");
+        let mut echo = out
+            .command("python3")
+            .arg(script())
+            .args([
+                "echo",
+                "198.19.0.2:3478",
+                "198.19.0.2:9999",
+                "198.19.0.3:3478",
+            ])
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(echo.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready");
+        let path = dir.path().join("passerelle.toml");
+        std::fs::write(&path, config).unwrap();
+        let site = Site {
+            ws,
+            jump,
+            out,
+            dir,
+            echo,
+            config: path,
+        };
+        site.apply();
+        Some(site)
+    }
+
+    /// Renders the ruleset and loads it in the jump host.
+    fn apply(&self) {
+        let rules = self.dir.path().join("passerelle.nft");
+        let out = std::process::Command::new(passerelle_bin())
+            .args(["firewall", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&rules, &out.stdout).unwrap();
+        self.jump.sh(&format!("nft -f {}", rules.display()));
+    }
+
+    /// Sends from the workstation's `src` (source port `port`) and returns the answer.
+    fn exchange(&self, src: &str, port: u16, dst: &str, payload: &str) -> String {
+        let out = self
+            .ws
+            .command("python3")
+            .arg(script())
+            .args([
+                "send",
+                src,
+                dst,
+                payload,
+                "--port",
+                &port.to_string(),
+                "--wait",
+                "5",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Sends without waiting for an answer (one that should be dropped).
+    fn send(&self, src: &str, dst: &str, payload: &str) {
+        let status = self
+            .ws
+            .command("python3")
+            .arg(script())
+            .args(["send", src, dst, payload])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// (packets, bytes) of a named counter of the table.
+    fn counter(&self, name: &str) -> (u64, u64) {
+        let text = self
+            .jump
+            .sh(&format!("nft list counter inet passerelle {name}"));
+        let field = |key: &str| {
+            text.split_whitespace()
+                .skip_while(|w| *w != key)
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("packets"), field("bytes"))
+    }
+
+    fn echo_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("echo.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = self.echo.kill();
+        let _ = self.echo.wait();
+        let _ = &self.out;
+    }
+}
+
+#[test]
+fn the_ruleset_routes_exactly_the_udp_flows_and_survives_reapplying() {
+    let Some(site) = Site::build(CONFIG) else {
+        return;
+    };
+    // The flow: answered, masqueraded (the outside has no route to the workstations), marked.
+    let answer = site.exchange("198.18.0.2", 40000, "198.19.0.2:3478", "one");
+    assert!(
+        answer.starts_with("to 198.19.0.2:3478 from 198.19.0.1:")
+            && answer.ends_with("tos 0x88: one"),
+        "{answer}\n{}\n{}\n{}\n{}\n{}",
+        site.echo_log(),
+        site.jump.sh("cat /proc/sys/net/ipv4/conf/*/rp_filter | tr '\n' ' '; nft list ruleset | grep -c chain; ip neigh; ip -s link"),
+        site.jump.sh("nft list ruleset; ip addr; ip route"),
+        site.ws.sh("ip addr; ip route"),
+        site.out.sh("ip addr; ip route")
+    );
+    let nat_port = answer
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (packets, _) = site.counter("udp_media");
+    assert_eq!(packets, 2, "the request and its answer");
+
+    // Another port, another address, a workstation outside clients.allow: dropped, counted.
+    site.send("198.18.0.2", "198.19.0.2:9999", "other-port");
+    site.send("198.18.0.2", "198.19.0.3:3478", "other-address");
+    site.send("198.18.0.66", "198.19.0.2:3478", "not-a-client");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while site.counter("refused").0 < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "refused counter: {:?}",
+            site.counter("refused")
+        );
+        std::thread::yield_now();
+    }
+    // The refused counter saw all three: none reached the outside.
+    let log = site.echo_log();
+    for payload in ["other-port", "other-address", "not-a-client"] {
+        assert!(!log.contains(payload), "{payload} went through:\n{log}");
+    }
+
+    // Loading the ruleset again replaces the table; the flow in progress keeps its mapping.
+    site.apply();
+    let again = site.exchange("198.18.0.2", 40000, "198.19.0.2:3478", "two");
+    assert!(again.ends_with("tos 0x88: two"), "{again}");
+    assert_eq!(
+        again
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        nat_port,
+        "the same conntrack entry carried it"
+    );
+    assert_eq!(
+        site.counter("udp_media").0,
+        2,
+        "the counters restart with the table"
+    );
+}
