@@ -25,6 +25,7 @@ mod runtime;
 mod service;
 pub mod sni;
 mod status;
+mod udp_audit;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub enum StartError {
     },
     #[error("upstream: {0}")]
     Parents(String),
+    #[error(transparent)]
+    UdpAudit(#[from] udp_audit::UdpAuditError),
 }
 
 impl StartError {
@@ -155,6 +158,11 @@ impl Gateway {
         if !loops.is_empty() {
             return Err(StartError::Parents(loops.join("\n")));
         }
+        let udp_followers = if config.udp.audit {
+            Some(udp_audit::Followers::open().await?)
+        } else {
+            None
+        };
         let runtime = Runtime::new(config, None).map_err(StartError::Parents)?;
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -194,6 +202,9 @@ impl Gateway {
             shared.clone(),
             closing.clone(),
         )));
+        if let Some(followers) = udp_followers {
+            accept_tasks.push(tokio::spawn(followers.run(shared.clone(), closing.clone())));
+        }
         let watched = shared.clone();
         accept_tasks.push(tokio::spawn(upstream::watch(
             move || watched.runtime.load_full(),

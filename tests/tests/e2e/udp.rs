@@ -232,3 +232,91 @@ fn the_ruleset_routes_exactly_the_udp_flows_and_survives_reapplying() {
         "the counters restart with the table"
     );
 }
+
+/// With `udp.audit`, Passerelle in the jump host follows conntrack and NFLOG: a record per
+/// routed flow (client, address, port, flow, bytes each way, duration) when it ends, a deny
+/// record per refused attempt, and the flow in the metrics.
+#[test]
+fn the_routed_flows_and_the_refusals_are_audited() {
+    let config = format!("{CONFIG}[udp]\naudit = true\n");
+    let Some(site) = Site::build(&config) else {
+        return;
+    };
+    // Counters on the entries, and UDP entries that end within seconds.
+    site.jump.sh(
+        "sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_udp_timeout=1 \
+         net.netfilter.nf_conntrack_udp_timeout_stream=2",
+    );
+    let audit = site.dir.path().join("audit.jsonl");
+    let log = site.dir.path().join("passerelle.log");
+    let mut gateway = site
+        .jump
+        .command(passerelle_bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&site.config)
+        .env("PASSERELLE__LISTEN__PROXY", "127.0.0.1:0")
+        .env("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")
+        .env("PASSERELLE__AUDIT__SINK", "file")
+        .env("PASSERELLE__AUDIT__PATH", &audit)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        if let Ok(Some(status)) = gateway.try_wait() {
+            panic!(
+                "passerelle exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "passerelle did not start");
+        std::thread::yield_now();
+    }
+    let answer = site.exchange("198.18.0.2", 40100, "198.19.0.2:3478", "audited");
+    assert!(answer.ends_with(": audited"), "{answer}");
+    site.send("198.18.0.2", "198.19.0.2:9999", "refused");
+
+    let records = |deadline: Instant, done: &dyn Fn(&[serde_json::Value]) -> bool| loop {
+        let records = passerelle_tests::harness::read_audit(&audit);
+        if done(&records) {
+            return records;
+        }
+        assert!(Instant::now() < deadline, "records so far: {records:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let all = records(Instant::now() + Duration::from_secs(90), &|r| {
+        r.iter()
+            .any(|e| e["decision"] == "allow" && e["event"] == "udp")
+            && r.iter()
+                .any(|e| e["decision"] == "deny" && e["event"] == "udp")
+    });
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let flow = all.iter().find(|e| e["decision"] == "allow").unwrap();
+    assert_eq!(flow["scheme"], "udp");
+    assert_eq!(flow["client"], "198.18.0.2:40100");
+    assert_eq!(flow["host"], "198.19.0.2");
+    assert_eq!(flow["port"], 3478);
+    assert_eq!(flow["flow"], "media");
+    assert!(flow["bytes_up"].as_u64().unwrap() >= 7 + 28, "{flow}");
+    assert!(
+        flow["bytes_down"].as_u64().unwrap() > flow["bytes_up"].as_u64().unwrap(),
+        "{flow}"
+    );
+    assert!(flow["duration_ms"].as_u64().unwrap() > 0, "{flow}");
+    let refused = all.iter().find(|e| e["decision"] == "deny").unwrap();
+    assert_eq!(refused["reason"], "no_flow");
+    assert_eq!(refused["host"], "198.19.0.2");
+    assert_eq!(refused["port"], 9999);
+    assert_eq!(refused["scheme"], "udp");
+    assert!(
+        refused["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("198.18.0.2:"),
+        "{refused}"
+    );
+}
