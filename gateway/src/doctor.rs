@@ -133,16 +133,87 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
             }
             check_target(&runtime, &drift, flow, &target, &tls, &mut checks).await;
         }
-        if flow.id.starts_with("visio-equinix") {
-            let ports: Vec<String> = flow.ports.iter().map(u16::to_string).collect();
+        if !flow.udp_ports.is_empty() {
+            let ports: Vec<String> = flow.udp_ports.iter().map(u16::to_string).collect();
             checks.push(Check::info(
                 "udp",
                 &format!("{host} {}/udp", ports.join(",")),
-                "not carried: an HTTP proxy relays TCP only; WebRTC falls back to TCP through Passerelle, open UDP in the firewall for best quality",
+                "routed by the jump host's nftables table (passerelle firewall), not by the proxy; without it WebRTC falls back to TCP through Passerelle",
             ));
         }
     }
+    if !crate::firewall::udp_flows(&runtime.config).is_empty() {
+        checks.extend(routing(&runtime.config).await);
+    }
     Ok(fold_dns_failures(checks))
+}
+
+/// The jump host's side of the routed UDP: the loaded table the one `passerelle firewall`
+/// renders for this configuration, and IPv4 forwarding on. A site that does not route the
+/// UDP through this host (its workstations reach it directly) has no table: information.
+async fn routing(config: &Config) -> Vec<Check> {
+    let target = format!("table inet {}", crate::firewall::TABLE);
+    let want = crate::firewall::rendered_id(config);
+    let reload = "passerelle firewall > /etc/nftables.d/passerelle.nft && nft -f /etc/nftables.d/passerelle.nft";
+    let listing = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("nft")
+            .args(["list", "table", "inet", crate::firewall::TABLE])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await;
+    let table = match listing {
+        Ok(Ok(out)) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            match crate::firewall::loaded_id(&text) {
+                Some(id) if id == want => Check::pass(
+                    "udp",
+                    &target,
+                    format!("loaded, as rendered from this configuration ({id})"),
+                ),
+                Some(id) => Check::fail(
+                    "udp",
+                    &target,
+                    format!("loaded, but rendered from another flow table ({id}, now {want})"),
+                    format!("load it again: {reload}"),
+                ),
+                None => Check::fail(
+                    "udp",
+                    &target,
+                    "a table of that name is loaded, not rendered by passerelle firewall",
+                    format!("replace it: {reload}"),
+                ),
+            }
+        }
+        Ok(Ok(out)) if String::from_utf8_lossy(&out.stderr).contains("Operation not permitted") => {
+            Check::skipped(
+                "udp",
+                &target,
+                "not checked: listing the ruleset needs root (CAP_NET_ADMIN)",
+            )
+        }
+        Ok(Ok(_)) => Check::info(
+            "udp",
+            &target,
+            format!("not loaded: this host does not route the visio's UDP (to route it: {reload})"),
+        ),
+        Ok(Err(e)) => Check::skipped("udp", &target, format!("not checked: nft cannot run ({e})")),
+        Err(_) => Check::skipped("udp", &target, "not checked: nft did not answer in 10 s"),
+    };
+    let routed = table.state != State::Info;
+    let forwarding = match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
+        Ok(v) if v.trim() == "1" => Check::pass("udp", "ip forwarding", "on"),
+        Ok(_) if routed => Check::fail(
+            "udp",
+            "ip forwarding",
+            "off: the table is there but the jump host routes nothing",
+            "sysctl -w net.ipv4.ip_forward=1, and net.ipv4.ip_forward = 1 in /etc/sysctl.d/passerelle.conf",
+        ),
+        Ok(_) => Check::info("udp", "ip forwarding", "off"),
+        Err(e) => Check::skipped("udp", "ip forwarding", format!("not checked: {e}")),
+    };
+    vec![table, forwarding]
 }
 
 /// When no name resolves at all, the cause is the jump host's resolver, not each flow: one

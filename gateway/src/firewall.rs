@@ -84,7 +84,8 @@ pub fn nftables(config: &Config, input: bool, audit: bool) -> String {
         config.digest
     );
     let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}\n");
-    let _ = writeln!(out, "table inet {TABLE} {{");
+    let head = out;
+    let mut out = String::new();
     let (v4, v6) = clients(config);
     for (name, kind, nets) in [
         ("workstations4", "ipv4_addr", &v4),
@@ -199,6 +200,8 @@ pub fn nftables(config: &Config, input: bool, audit: bool) -> String {
     }
     let _ = writeln!(out, "\t}}");
 
+    // The identity covers the routing, not the optional input rules.
+    let id = ruleset_id(&out);
     if input {
         let _ = writeln!(out, "\n\tchain input {{");
         let _ = writeln!(
@@ -232,8 +235,31 @@ pub fn nftables(config: &Config, input: bool, audit: bool) -> String {
         }
         let _ = writeln!(out, "\t}}");
     }
-    let _ = writeln!(out, "}}");
-    out
+    format!("{head}table inet {TABLE} {{\n\tcomment \"{RULESET_MARK} {id}\"\n{out}}}\n")
+}
+
+/// The words before the ruleset's identity in the table's comment.
+const RULESET_MARK: &str = "passerelle ruleset";
+
+/// What identifies a rendered ruleset: the SHA-256 of its rules, shortened.
+fn ruleset_id(rules: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(rules.as_bytes())[..8])
+}
+
+/// The identity in a ruleset's text, rendered or as `nft list table` prints it.
+pub fn loaded_id(listing: &str) -> Option<&str> {
+    let at = listing.find(RULESET_MARK)? + RULESET_MARK.len();
+    listing[at..]
+        .split_whitespace()
+        .next()
+        .map(|id| id.trim_end_matches('"'))
+}
+
+/// The identity of what `nftables` renders for `config` now.
+pub fn rendered_id(config: &Config) -> String {
+    let rules = nftables(config, false, config.udp.audit);
+    loaded_id(&rules).unwrap_or_default().to_string()
 }
 
 /// The flow's addresses by family, with the matching source match and client set.

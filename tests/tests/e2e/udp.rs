@@ -231,6 +231,44 @@ fn the_ruleset_routes_exactly_the_udp_flows_and_survives_reapplying() {
         2,
         "the counters restart with the table"
     );
+
+    // doctor, in the jump host: forwarding on and the table the one rendered now; then the
+    // flow table changes and the loaded table no longer matches it.
+    let doctor = || -> Vec<serde_json::Value> {
+        let out = site
+            .jump
+            .command(passerelle_bin().to_str().unwrap())
+            .args(["doctor", "--json", "--config"])
+            .arg(&site.config)
+            .output()
+            .unwrap();
+        let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        checks.into_iter().filter(|c| c["check"] == "udp").collect()
+    };
+    let state = |checks: &[serde_json::Value], target: &str| {
+        checks
+            .iter()
+            .find(|c| c["target"] == target)
+            .map(|c| c["state"].clone())
+    };
+    let udp = doctor();
+    assert_eq!(
+        state(&udp, "table inet passerelle"),
+        Some("pass".into()),
+        "{udp:#?}"
+    );
+    assert_eq!(
+        state(&udp, "ip forwarding"),
+        Some("pass".into()),
+        "{udp:#?}"
+    );
+    std::fs::write(&site.config, CONFIG.replace("[3478]", "[3478, 3479]")).unwrap();
+    let udp = doctor();
+    assert_eq!(
+        state(&udp, "table inet passerelle"),
+        Some("fail".into()),
+        "{udp:#?}"
+    );
 }
 
 /// With `udp.audit`, Passerelle in the jump host follows conntrack and NFLOG: a record per
