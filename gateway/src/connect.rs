@@ -150,6 +150,40 @@ pub fn tune(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
+/// Sets the QoS mark of the packets `stream` sends: the DSCP in the upper six bits of the
+/// IPv4 TOS or the IPv6 traffic class (none: 0, best effort). An IPv6 socket may carry IPv4
+/// (mapped addresses): both are set.
+pub fn set_dscp(stream: &TcpStream, dscp: Option<u8>) {
+    let tos = u32::from(dscp.unwrap_or(0)) << 2;
+    let socket = socket2::SockRef::from(stream);
+    match stream.local_addr() {
+        Ok(std::net::SocketAddr::V6(_)) => {
+            let _ = socket.set_tclass_v6(tos);
+            let _ = socket.set_tos_v4(tos);
+        }
+        _ => {
+            let _ = socket.set_tos_v4(tos);
+        }
+    }
+}
+
+/// The DSCP a client connection's answers should carry: set per request by the service (the
+/// request's flow), applied by the connection's socket before its next write when it changed.
+#[derive(Debug, Default)]
+pub struct Mark(std::sync::atomic::AtomicU8);
+
+impl Mark {
+    /// The flow's DSCP from now on (none: best effort).
+    pub fn set(&self, dscp: Option<u8>) {
+        self.0
+            .store(dscp.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u8 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A TLS client configuration trusting the system's roots and, when given, the certificates
 /// of a PEM file (a parent's private CA, a test CA).
 pub fn tls_client_config(

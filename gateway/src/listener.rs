@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 use passerelle_config::ClientInfo;
 
-use crate::connect::tune;
+use crate::connect::{tune, Mark};
 use crate::limits::{Admitted, Refusal};
 use crate::service::{self, Shared};
 
@@ -231,6 +231,7 @@ async fn serve(
             client,
             slot,
             within: None,
+            mark: stream.mark.clone(),
         };
         service_fn(move |req| {
             served.store(true, Ordering::Relaxed);
@@ -298,6 +299,9 @@ pub struct Lingering {
     stream: TcpStream,
     prefix: Bytes,
     linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// The DSCP the service wants on the answers, and the one the socket has.
+    mark: Arc<Mark>,
+    marked: u8,
 }
 
 impl Lingering {
@@ -306,6 +310,17 @@ impl Lingering {
             stream,
             prefix,
             linger: None,
+            mark: Arc::default(),
+            marked: 0,
+        }
+    }
+
+    /// Applies the wanted DSCP if it changed since the last write.
+    fn apply_mark(&mut self) {
+        let want = self.mark.get();
+        if want != self.marked {
+            crate::connect::set_dscp(&self.stream, Some(want).filter(|d| *d != 0));
+            self.marked = want;
         }
     }
 
@@ -337,6 +352,7 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.apply_mark();
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -345,6 +361,7 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.apply_mark();
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 

@@ -39,6 +39,8 @@ pub struct Connection {
     pub slot: Arc<Admitted>,
     /// Inside a CONNECT to a plain-HTTP port: the one target its requests may have.
     pub within: Option<Target>,
+    /// The QoS mark of the answers toward the client: the request's flow's.
+    pub mark: Arc<crate::connect::Mark>,
 }
 
 /// One request on `conn`.
@@ -59,6 +61,7 @@ pub async fn handle(
     let mut response = match proxy(&shared, &runtime, &conn, req, &record).await {
         Ok(response) => response,
         Err(error) => {
+            conn.mark.set(None);
             let reason = error.reason();
             let detail = error.to_string();
             let refused = error.status() == http::StatusCode::FORBIDDEN;
@@ -127,6 +130,7 @@ async fn proxy(
         }
     };
     record.allow(&flow.id, route);
+    conn.mark.set(flow.dscp);
     match target.kind {
         Kind::Connect if flow.http_ports.contains(&target.port) => {
             http_inside(shared, conn, req, target, record)
@@ -397,7 +401,9 @@ async fn connect_direct(
         timeout,
     )
     .await?;
-    Ok(connect_any(&addrs, timeout, Hop::Origin).await?)
+    let stream = connect_any(&addrs, timeout, Hop::Origin).await?;
+    crate::connect::set_dscp(&stream, flow.dscp);
+    Ok(stream)
 }
 
 /// The target of a proxy request: CONNECT's authority, or an absolute `http://` URI; inside a

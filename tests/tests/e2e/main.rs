@@ -7,5 +7,6 @@ mod hostile;
 mod kerberos;
 mod operations;
 mod parent_faults;
+mod qos;
 mod udp;
 mod upstream;
