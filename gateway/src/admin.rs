@@ -258,6 +258,7 @@ fn status_json(shared: &Shared) -> String {
         "connections": shared.connections.open(),
         "tunnels": tunnels,
         "digest": config.digest,
+        "capacity": crate::capacity::view(shared.audit.capacity().visios(), &config.site),
         "parents": parents,
         "flows": snapshot.flows,
         "per_minute": snapshot.per_minute,
@@ -300,6 +301,8 @@ fn gauges(shared: &Shared) -> Gauges {
                 )
             })
             .collect(),
+        visios: shared.audit.capacity().visios(),
+        throughput: shared.audit.capacity().throughput(),
     }
 }
 

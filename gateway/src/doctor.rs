@@ -142,10 +142,32 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
             ));
         }
     }
+    checks.push(capacity(&runtime.config.site));
     if !crate::firewall::udp_flows(&runtime.config).is_empty() {
         checks.extend(routing(&runtime.config).await);
     }
     Ok(fold_dns_failures(checks))
+}
+
+/// The prerequisites' bandwidth (§3.1.7) against the site's: a statement, the line is the
+/// site's to size.
+fn capacity(site: &passerelle_config::Site) -> Check {
+    let ask = "the prerequisites ask 2 Mbit/s per workstation in synchronous use (0.5 asynchronous) and 1 Mbit/s symmetric per simultaneous visio";
+    let detail = match (site.workstations, site.uplink_mbit) {
+        (Some(w), Some(u)) => {
+            let need = u64::from(w) * 2;
+            let verdict = if need > u64::from(u) {
+                format!("more than the {u} Mbit/s uplink: size the line or expect fewer at once")
+            } else {
+                format!("within the {u} Mbit/s uplink, which carries {u} visios at once")
+            };
+            format!("{ask}: {w} workstations need {need} Mbit/s, {verdict}")
+        }
+        (Some(w), None) => format!("{ask}: {w} workstations need {} Mbit/s (set site.uplink_mbit to compare)", u64::from(w) * 2),
+        (None, Some(u)) => format!("{ask}: the {u} Mbit/s uplink carries {u} visios at once (set site.workstations to compare)"),
+        (None, None) => format!("{ask} (set site.uplink_mbit and site.workstations to compare)"),
+    };
+    Check::info("capacity", "site", detail)
 }
 
 /// The jump host's side of the routed UDP: the loaded table the one `passerelle firewall`

@@ -8,6 +8,7 @@ pub const COMMIT: &str = env!("PASSERELLE_COMMIT");
 mod admin;
 pub mod audit;
 mod body;
+mod capacity;
 mod connect;
 pub mod doctor;
 mod error;
@@ -205,6 +206,10 @@ impl Gateway {
         if let Some(followers) = udp_followers {
             accept_tasks.push(tokio::spawn(followers.run(shared.clone(), closing.clone())));
         }
+        accept_tasks.push(tokio::spawn(capacity::sampler(
+            shared.audit.capacity().clone(),
+            closing.clone(),
+        )));
         let watched = shared.clone();
         accept_tasks.push(tokio::spawn(upstream::watch(
             move || watched.runtime.load_full(),

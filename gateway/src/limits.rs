@@ -52,6 +52,13 @@ pub struct Admitted {
     ip: IpAddr,
 }
 
+impl Admitted {
+    /// The client this slot is counted for.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Connections {
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)

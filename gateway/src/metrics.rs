@@ -68,6 +68,8 @@ pub struct Gauges {
     pub audit_dropped: u64,
     /// (parent url, state, handshakes by scheme: Basic, NTLM, Negotiate, auth failures)
     pub parents: Vec<(String, &'static str, [u64; 3], u64)>,
+    pub visios: usize,
+    pub throughput: Vec<crate::capacity::Throughput>,
 }
 
 impl Metrics {
@@ -232,6 +234,12 @@ struct ParentSchemeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThroughputLabels {
+    flow: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
     commit: &'static str,
@@ -256,6 +264,26 @@ impl Collector for AtScrape {
             "Audit records waiting for the writer",
             g.audit_queued as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "passerelle_visio_simultaneous",
+            "Workstations in a visio now (an open tunnel or routed flow of a flow tagged visio)",
+            g.visios as i64,
+        )?;
+        let mut rate = encoder.encode_descriptor(
+            "passerelle_flow_throughput_bits_per_second",
+            "Each flow's throughput over the last 10 seconds",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for t in &g.throughput {
+            for (direction, bps) in [("up", t.up_bps), ("down", t.down_bps)] {
+                ConstGauge::new(bps as i64).encode(rate.encode_family(&ThroughputLabels {
+                    flow: t.flow.clone(),
+                    direction,
+                })?)?;
+            }
+        }
         let dropped = ConstCounter::new(g.audit_dropped);
         dropped.encode(encoder.encode_descriptor(
             "passerelle_audit_dropped",

@@ -260,9 +260,9 @@ async fn tunnel(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (record, stop) = (record.clone(), shared.stop.clone());
     let audit = shared.audit.clone();
-    let flow_id = flow.id.clone();
+    let (flow, client) = (flow.clone(), slot.ip());
     shared.tracker.spawn(async move {
-        audit.tunnel_opened(&flow_id);
+        audit.tunnel_opened(&flow, client);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let (client, early) = relay::client_side(upgraded);
@@ -270,7 +270,7 @@ async fn tunnel(
             }
             Err(_) => record.reason(Reason::ClientGone),
         }
-        audit.tunnel_closed(&flow_id);
+        audit.tunnel_closed(&flow, client);
         drop(slot);
     });
     Ok(Response::new(empty()))

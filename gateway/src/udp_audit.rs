@@ -131,14 +131,14 @@ fn follow(shared: &Shared, tracked: &mut HashMap<u32, Instant>, t: Tracked) {
     if !t.destroyed {
         if tracked.len() < MAX_TRACKED {
             tracked.insert(t.id, Instant::now());
-            shared.audit.tunnel_opened(&flow.id);
+            shared.audit.tunnel_opened(flow, t.src.ip());
         }
         return;
     }
     // A flow that began before Passerelle started has no known duration.
     let duration_ms = match tracked.remove(&t.id) {
         Some(since) => {
-            shared.audit.tunnel_closed(&flow.id);
+            shared.audit.tunnel_closed(flow, t.src.ip());
             since.elapsed().as_millis() as u64
         }
         None => 0,

@@ -48,6 +48,7 @@ pub(crate) struct LogShared {
     queued: AtomicU64,
     metrics: Arc<Metrics>,
     status: Arc<crate::status::Status>,
+    capacity: Arc<crate::capacity::Capacity>,
     /// Set when shutdown's grace is over: what is cut then is cut by the shutdown.
     shutting_down: AtomicBool,
     /// Connection-level refusals, per reason: a flood must not fill the disk.
@@ -97,6 +98,7 @@ impl AuditLog {
             queued: AtomicU64::new(0),
             metrics: Arc::default(),
             status: Arc::default(),
+            capacity: Arc::default(),
             shutting_down: AtomicBool::new(false),
             throttle: Mutex::default(),
         });
@@ -138,6 +140,7 @@ impl AuditLog {
             }),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            live: std::sync::OnceLock::new(),
             id,
         }))
     }
@@ -240,15 +243,27 @@ impl AuditLog {
         &self.shared.status
     }
 
-    /// A tunnel of `flow` opened (closed): the metrics' gauge and the page's count.
-    pub fn tunnel_opened(&self, flow: &str) {
-        self.shared.metrics.tunnel_opened();
-        self.shared.status.tunnel_opened(flow);
+    /// Live throughput and the visios in progress.
+    pub fn capacity(&self) -> &Arc<crate::capacity::Capacity> {
+        &self.shared.capacity
     }
 
-    pub fn tunnel_closed(&self, flow: &str) {
+    /// A tunnel (or routed UDP flow) of `flow` opened (closed) for `client`: the metrics'
+    /// gauge, the page's count, the visios in progress.
+    pub fn tunnel_opened(&self, flow: &passerelle_config::Flow, client: std::net::IpAddr) {
+        self.shared.metrics.tunnel_opened();
+        self.shared.status.tunnel_opened(&flow.id);
+        if flow.tags.iter().any(|t| t == crate::capacity::VISIO_TAG) {
+            self.shared.capacity.visio_opened(client);
+        }
+    }
+
+    pub fn tunnel_closed(&self, flow: &passerelle_config::Flow, client: std::net::IpAddr) {
         self.shared.metrics.tunnel_closed();
-        self.shared.status.tunnel_closed(flow);
+        self.shared.status.tunnel_closed(&flow.id);
+        if flow.tags.iter().any(|t| t == crate::capacity::VISIO_TAG) {
+            self.shared.capacity.visio_closed(client);
+        }
     }
 
     fn observe(&self, event: &AuditEvent) {

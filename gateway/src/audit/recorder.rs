@@ -24,6 +24,8 @@ pub(super) struct RecorderInner {
     pub(super) event: Mutex<AuditEvent>,
     pub(super) bytes_up: AtomicU64,
     pub(super) bytes_down: AtomicU64,
+    /// The flow's live counters, once allowed (the capacity view's throughput).
+    pub(super) live: std::sync::OnceLock<Arc<crate::capacity::FlowBytes>>,
     pub(super) id: String,
 }
 
@@ -49,6 +51,9 @@ impl Recorder {
     }
 
     pub fn allow(&self, flow: &str, route: Route) {
+        if let Some(live) = self.0.log.capacity().flow(flow) {
+            let _ = self.0.live.set(live);
+        }
         self.update(|e| {
             e.decision = Some(Decision::Allow);
             e.flow = Some(flow.to_string());
@@ -112,10 +117,16 @@ impl Recorder {
 
     pub fn add_up(&self, n: u64) {
         self.0.bytes_up.fetch_add(n, Ordering::Relaxed);
+        if let Some(live) = self.0.live.get() {
+            live.up.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn add_down(&self, n: u64) {
         self.0.bytes_down.fetch_add(n, Ordering::Relaxed);
+        if let Some(live) = self.0.live.get() {
+            live.down.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 

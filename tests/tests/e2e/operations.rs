@@ -1057,3 +1057,74 @@ async fn the_html_report_in_chromium() {
     assert!(page.console.is_empty(), "console: {:#?}", page.console);
     assert!(page.dom.contains("evil.example:443") && page.dom.contains("id=\"per-hour\""));
 }
+
+/// The capacity view follows a known load: three workstations in a visio against a 2 Mbit/s
+/// uplink (over it, then within it when one leaves), and a flow's throughput that shows a
+/// transfer and falls back to zero once the window has passed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_capacity_view_follows_the_visios_and_the_throughput() {
+    use passerelle_tests::harness::{connect_from, metric, wait_metric};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = HttpOrigin::start().await;
+    let config = format!(
+        "[clients]\nallow = [\"127.0.0.0/8\"]\n[site]\nuplink_mbit = 2\nworkstations = 3\n\
+         [[flows]]\nid = \"media\"\nhosts = [\"media.test\"]\nports = [8084]\ntags = [\"visio\"]\n\
+         [resolve]\nconnect_to = [\"media.test:8084={}\"]\n",
+        origin.addr
+    );
+    let (gw, admin) = with_admin(&config, &[]).await;
+    let mut tunnels = Vec::new();
+    for last in [2u8, 3, 4] {
+        let mut s = connect_from([127, 0, 0, last], gw.addr).await.unwrap();
+        s.write_all(b"CONNECT media.test:8084 HTTP/1.1\r\nHost: media.test:8084\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head).await.unwrap();
+        assert!(
+            head[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&head[..n])
+        );
+        tunnels.push(s);
+    }
+    wait_metric(&admin, "passerelle_visio_simultaneous", 3.0).await;
+    let status = |body: String| -> serde_json::Value { serde_json::from_str(&body).unwrap() };
+    let s = status(curl(&[&format!("{admin}/status.json")]).await.body);
+    assert_eq!(s["capacity"]["visios"], 3);
+    assert_eq!(
+        s["capacity"]["over_uplink"], true,
+        "3 visios × 1 Mbit/s > 2 Mbit/s"
+    );
+    assert_eq!(s["capacity"]["synchronous_mbit"], 6);
+    drop(tunnels.pop());
+    wait_metric(&admin, "passerelle_visio_simultaneous", 2.0).await;
+    let s = status(curl(&[&format!("{admin}/status.json")]).await.body);
+    assert_eq!(s["capacity"]["over_uplink"], false);
+
+    // 1 MiB down one tunnel: the flow's throughput shows it, then the window forgets it.
+    let mut s = tunnels.pop().unwrap();
+    s.write_all(b"GET /bytes/1048576 HTTP/1.1\r\nHost: media.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert!(got.len() > 1_048_576);
+    let series = "passerelle_flow_throughput_bits_per_second{flow=\"media\",direction=\"down\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&admin, series).await.unwrap_or(0.0) == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "no throughput shown");
+    }
+    let shown = metric(&admin, series).await.unwrap_or(0.0);
+    assert!(
+        shown >= 1_048_576.0 * 8.0 / 10.0,
+        "1 MiB within 10 s is at least 0.8 Mbit/s: {shown}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&admin, series).await.unwrap_or(1.0) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the throughput never fell back"
+        );
+    }
+}
