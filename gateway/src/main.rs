@@ -10,9 +10,17 @@ use passerelle_config::{Config, ConfigError, Env, Route};
 use passerelle_gateway::Gateway;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// `passerelle --version`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PASSERELLE_COMMIT"),
+    ")"
+);
+
 /// Passerelle: the allowlisting forward proxy for the Covotem telemedicine flows.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "passerelle", version = VERSION, about, long_about = None)]
 struct Cli {
     /// Configuration file (TOML). Without it: the embedded default (Covotem production
     /// flows, 127.0.0.1:3128, direct, audit to stdout).
