@@ -147,6 +147,7 @@ impl Gateway {
                     addr: *addr,
                     source,
                 })?;
+            connect::tune(&listener);
             listeners.push(listener);
         }
         let bound: Vec<SocketAddr> = listeners

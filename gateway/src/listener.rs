@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 use passerelle_config::ClientInfo;
 
-use crate::connect::{tune, Mark};
+use crate::connect::Mark;
 use crate::limits::{Admitted, Refusal};
 use crate::service::{self, Shared};
 
@@ -90,16 +90,13 @@ fn admit(
         .connections
         .admit(client.ip().to_canonical(), &limits)
     {
-        Ok(admitted) => {
-            tune(&stream);
-            Some(serve(
-                Lingering::new(stream, early),
-                client,
-                Arc::new(admitted),
-                shared.clone(),
-                closing,
-            ))
-        }
+        Ok(admitted) => Some(serve(
+            Lingering::new(stream, early),
+            client,
+            Arc::new(admitted),
+            shared.clone(),
+            closing,
+        )),
         Err(refusal) => {
             refuse(stream, client, refusal, shared);
             None

@@ -1,7 +1,7 @@
 //! Tunnels: bytes copied both ways until both sides close (half-close passed on), the idle
 //! timeout passes, or shutdown's grace ends. Byte counts feed the audit as they flow.
-//! TCP to TCP (the common, direct case) skips hyper's wrapper and allocates buffers only
-//! while data flows, so idle tunnels (the visio's) cost a few KiB.
+//! TCP to TCP (the common, direct case) skips hyper's wrapper, allocates buffers only while
+//! data flows, so idle tunnels (the visio's) cost a few KiB, and moves bulk with `splice(2)`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,34 +187,144 @@ async fn tcp_relay(a: TcpStream, b: TcpStream, meter: &Meter) -> std::io::Result
     tokio::try_join!(up, down).map(|_| ())
 }
 
-/// Reads become possible before a buffer exists: an idle tunnel holds none. A buffer that
-/// a read filled (bulk data) is kept; one that carried a few bytes is let go.
+/// Reads become possible before any buffer exists: an idle tunnel holds none. A few bytes (a
+/// request, a keepalive) go through the stack and straight out when the other socket has
+/// room, as it nearly always has. A read that fills the stack's chunk says bulk: the
+/// direction then moves with `splice(2)`, socket to pipe to socket, without copying through
+/// user space (through a buffer when the system grants no pipe of that size).
 async fn pump(
     from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     meter: &Meter,
     direction: Direction,
 ) -> std::io::Result<()> {
-    const BULK: usize = 256 * 1024;
-    let mut buf = BytesMut::new();
+    let mut pipe: Option<Pipe> = None;
+    let mut bulk = BytesMut::new();
     loop {
         from.readable().await?;
-        if buf.capacity() == 0 {
-            buf.reserve(BULK);
-        }
-        match from.try_read_buf(&mut buf) {
-            Ok(0) => return to.shutdown().await,
-            Ok(n) => {
-                meter.count(direction, n);
-                to.write_all(&buf).await?;
-                buf.clear();
-                if n < BULK / 4 {
-                    buf = BytesMut::new();
+        if let Some(pipe) = &pipe {
+            match pipe.fill(&from) {
+                Ok(0) => return to.shutdown().await,
+                Ok(n) => {
+                    meter.count(direction, n);
+                    pipe.drain(&to, n).await?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        } else if bulk.capacity() > 0 {
+            match from.try_read_buf(&mut bulk) {
+                Ok(0) => return to.shutdown().await,
+                Ok(n) => {
+                    meter.count(direction, n);
+                    to.write_all(&bulk).await?;
+                    bulk.clear();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            let (n, rest) = match pass_on(&from, &to, meter, direction) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => result?,
+            };
+            if n == 0 {
+                return to.shutdown().await;
+            }
+            if !rest.is_empty() {
+                to.write_all(&rest).await?;
+            }
+            if n == CHUNK {
+                pipe = Pipe::new();
+                if pipe.is_none() {
+                    bulk.reserve(Pipe::SIZE);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
         }
+    }
+}
+
+const CHUNK: usize = 8 * 1024;
+
+/// Reads what `from` has into a chunk on the stack (not in the tunnel's future: this is no
+/// async fn) and writes it to `to` at once: how much was read (0 at the end of the stream),
+/// and what `to` had no room for.
+fn pass_on(
+    from: &OwnedReadHalf,
+    to: &OwnedWriteHalf,
+    meter: &Meter,
+    direction: Direction,
+) -> std::io::Result<(usize, Vec<u8>)> {
+    let mut chunk = [0u8; CHUNK];
+    let n = from.try_read(&mut chunk)?;
+    if n == 0 {
+        return Ok((0, Vec::new()));
+    }
+    meter.count(direction, n);
+    let written = match to.try_write(&chunk[..n]) {
+        Ok(k) => k,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    Ok((n, chunk[written..n].to_vec()))
+}
+
+/// A pipe between two sockets: what `splice(2)` moves bytes through inside the kernel.
+struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl Pipe {
+    const SIZE: usize = 256 * 1024;
+
+    /// A pipe of [`Pipe::SIZE`], when the system grants it (pipes beyond the per-user budget
+    /// get less, and would move less per call than a buffer).
+    fn new() -> Option<Pipe> {
+        use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+        fcntl_setpipe_size(&write, Pipe::SIZE).ok()?;
+        Some(Pipe { read, write })
+    }
+
+    /// Moves what `from` has into the empty pipe: 0 at the end of the stream, `WouldBlock`
+    /// when nothing is there after all (the pipe being empty, never because it is full).
+    fn fill(&self, from: &OwnedReadHalf) -> std::io::Result<usize> {
+        let socket: &TcpStream = from.as_ref();
+        socket.try_io(tokio::io::Interest::READABLE, || {
+            Ok(rustix::pipe::splice(
+                socket,
+                None,
+                &self.write,
+                None,
+                Pipe::SIZE,
+                rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK,
+            )?)
+        })
+    }
+
+    /// Moves the `n` bytes in the pipe to `to`, waiting for room in its send buffer.
+    async fn drain(&self, to: &OwnedWriteHalf, mut n: usize) -> std::io::Result<()> {
+        let socket: &TcpStream = to.as_ref();
+        while n > 0 {
+            socket.writable().await?;
+            let moved = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                Ok(rustix::pipe::splice(
+                    &self.read,
+                    None,
+                    socket,
+                    None,
+                    n,
+                    rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK,
+                )?)
+            });
+            match moved {
+                Ok(k) => n -= k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 

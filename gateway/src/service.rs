@@ -402,7 +402,10 @@ async fn connect_direct(
     )
     .await?;
     let stream = connect_any(&addrs, timeout, Hop::Origin).await?;
-    crate::connect::set_dscp(&stream, flow.dscp);
+    // A new socket is best effort already.
+    if flow.dscp.is_some() {
+        crate::connect::set_dscp(&stream, flow.dscp);
+    }
     Ok(stream)
 }
 

@@ -214,6 +214,10 @@ pub fn passerelle_bin() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    // The benchmark runs the peers with its release build.
+    if let Some(bin) = std::env::var_os("PASSERELLE_BIN") {
+        return PathBuf::from(bin);
+    }
     let bin = target.join("debug/passerelle");
     BUILD.call_once(|| {
         // Without the variables cargo sets for a running test: build scripts (ring's) track
@@ -484,11 +488,23 @@ impl Running {
         assert!(ok.success());
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }

@@ -302,6 +302,23 @@ pub async fn half_close_peer() -> SocketAddr {
     addr
 }
 
+/// A raw TCP peer that sends back everything it reads, and half-closes when the client does.
+pub async fn echo_peer() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A raw TCP peer that accepts and says nothing, holding the connection open.
 pub async fn silent_peer() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use passerelle_tests::harness::{curl, passerelle_bin, read_audit, Running};
 use passerelle_tests::origin::HttpOrigin;
 
@@ -449,6 +451,57 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
     assert_eq!(reloads[0]["client"], "signal:SIGHUP");
     assert_eq!(reloads[1]["decision"], "allow");
     assert_ne!(reloads[1]["digest_before"], reloads[1]["digest_after"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_tunnels_hold_no_buffers() {
+    // 400 tunnels that each carried a few bytes both ways, then went quiet (the visio's):
+    // what each costs the process once the bytes are through.
+    let dir = tempfile::tempdir().unwrap();
+    let peer = passerelle_tests::origin::echo_peer().await;
+    let flow = format!(
+        "[[flows]]\nid = \"raw\"\nhosts = [\"raw.test\"]\nports = [7000]\n\
+         [resolve]\nconnect_to = [\"raw.test:7000={peer}\"]\n\
+         [limits]\nmax_connections_per_client = 1000\nrequests_per_second = 100000\nburst = 100000\n"
+    );
+    let gw = Running::start(dir.path(), &flow).await;
+    let addr: std::net::SocketAddr = gw.proxy().trim_start_matches("http://").parse().unwrap();
+    let open = |n: usize| async move {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = [0u8; 512];
+            let mut got = 0;
+            while !head[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                got += s.read(&mut head[got..]).await.unwrap();
+            }
+            assert!(
+                head.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+            s.write_all(b"ping").await.unwrap();
+            let mut pong = [0u8; 4];
+            s.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong, b"ping");
+            held.push(s);
+        }
+        held
+    };
+    // A first batch warms the allocator and the runtime up; the second is measured.
+    let warm = open(100).await;
+    let before = gw.rss_kib();
+    let measured = open(400).await;
+    let per_tunnel = (gw.rss_kib().saturating_sub(before)) as f64 / 400.0;
+    assert!(
+        per_tunnel < 12.0,
+        "{per_tunnel:.1} KiB per idle tunnel: buffers are held while nothing flows"
+    );
+    drop((warm, measured));
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use passerelle_tests::harness::{curl, origin_flow, raw_exchange, TestGateway};
 use passerelle_tests::origin::{
-    closed_port, fnv1a, half_close_peer, silent_peer, HttpOrigin, TlsOrigin, FNV_OFFSET,
+    closed_port, echo_peer, fnv1a, half_close_peer, silent_peer, HttpOrigin, TlsOrigin, FNV_OFFSET,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -367,6 +367,40 @@ async fn tunnels_pass_half_close_on() {
     let rec = gw.record_for("raw.test").await;
     assert_eq!(rec["bytes_up"], 5000);
     assert_eq!(rec["bytes_down"], 14);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_through_a_tunnel_arrives_whole_both_ways() {
+    // A few bytes first (the small-read path), then 12 MiB (the kernel's splice path) up and,
+    // echoed, down at the same time, then the half-close.
+    let peer = echo_peer().await;
+    let gw = TestGateway::start(&origin_flow("raw", "raw.test", 7000, peer)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut data = b"hello".to_vec();
+    data.extend((0..12u32 * 1024 * 1024).map(|i| (i % 251) as u8));
+    let (mut r, mut w) = s.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent[..5]).await.unwrap();
+        w.write_all(&sent[5..]).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut back))
+        .await
+        .expect("the echo ends within 60 s")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "the bytes came back altered");
+    let rec = gw.record_for("raw.test").await;
+    assert_eq!(rec["bytes_up"], data.len());
+    assert_eq!(rec["bytes_down"], data.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]
