@@ -27,11 +27,11 @@ pub struct Page<'a> {
 
 /// The language and the shape the client asked for.
 pub fn negotiate(headers: &HeaderMap, default: Lang) -> (Lang, bool) {
-    let html = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("text/html"));
+    let html = headers.get_all(ACCEPT).iter().any(|v| {
+        v.as_bytes()
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+    });
     (language(headers, default), html)
 }
 
@@ -45,15 +45,18 @@ fn language(headers: &HeaderMap, default: Lang) -> Lang {
         .flat_map(|v| v.split(','))
     {
         let mut parts = item.split(';');
-        let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let tag = parts.next().unwrap_or("").trim();
         let q = parts
             .find_map(|p| p.trim().strip_prefix("q="))
             .and_then(|q| q.parse::<f32>().ok())
             .unwrap_or(1.0);
-        let lang = match tag.split('-').next() {
-            Some("fr") => Lang::Fr,
-            Some("en") => Lang::En,
-            _ => continue,
+        let primary = tag.split('-').next().unwrap_or("");
+        let lang = if primary.eq_ignore_ascii_case("fr") {
+            Lang::Fr
+        } else if primary.eq_ignore_ascii_case("en") {
+            Lang::En
+        } else {
+            continue;
         };
         if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
             best = Some((q, lang));

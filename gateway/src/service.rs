@@ -57,7 +57,7 @@ pub async fn handle(
         PageLanguage::En => Lang::En,
     };
     let (lang, html) = pages::negotiate(req.headers(), default_lang);
-    let what = format!("{} {:.300}", req.method(), req.uri());
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let mut response = match proxy(&shared, &runtime, &conn, req, &record).await {
         Ok(response) => response,
         Err(error) => {
@@ -73,6 +73,7 @@ pub async fn handle(
                 _ if refused => record.deny(reason, detail.clone(), None),
                 _ => record.fail(reason, detail.clone()),
             }
+            let what = format!("{method} {uri:.300}");
             let mut response = error.respond(&Page {
                 what: &what,
                 reason,
