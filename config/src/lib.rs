@@ -238,6 +238,8 @@ pub struct Limits {
     pub max_header_bytes: u32,
     pub max_uri_bytes: u32,
     pub sni_timeout: Duration,
+    /// The threads serving connections (at start; a reload cannot change them).
+    pub worker_threads: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

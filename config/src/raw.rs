@@ -205,6 +205,7 @@ pub struct RawLimits {
     pub max_header_bytes: i64,
     pub max_uri_bytes: i64,
     pub sni_timeout: String,
+    pub worker_threads: i64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -375,3 +375,14 @@ fn udp_ports_need_addresses() {
         "a UDP-only flow opens no TCP port"
     );
 }
+
+#[test]
+fn worker_threads_are_one_to_sixty_four() {
+    assert_eq!(load_text("", &[]).unwrap().limits.worker_threads, 1);
+    let c = load_text("[limits]\nworker_threads = 64\n", &[]).unwrap();
+    assert_eq!(c.limits.worker_threads, 64);
+    for bad in ["0", "65", "-1"] {
+        let p = problems(&format!("[limits]\nworker_threads = {bad}\n"), &[]);
+        assert_eq!(p, [format!("limits.worker_threads: {bad} must be from 1 to 64")]);
+    }
+}

@@ -970,6 +970,13 @@ fn limits(raw: &RawConfig, p: &mut Problems) -> Limits {
         max_header_bytes: at_least(p, "limits.max_header_bytes", l.max_header_bytes, 8192),
         max_uri_bytes: at_least(p, "limits.max_uri_bytes", l.max_uri_bytes, 256),
         sni_timeout: p.duration("limits.sni_timeout", &l.sni_timeout, 10 * MINUTE),
+        worker_threads: match l.worker_threads {
+            1..=64 => l.worker_threads as u32,
+            v => {
+                p.add("limits.worker_threads", format!("{v} must be from 1 to 64"));
+                1
+            }
+        },
     }
 }
 

@@ -286,6 +286,11 @@ impl Gateway {
                 if runtime.config.listen.proxy != current.config.listen.proxy {
                     tracing::warn!("reload: listen.proxy changes take effect at the next restart");
                 }
+                if runtime.config.limits.worker_threads != current.config.limits.worker_threads {
+                    tracing::warn!(
+                        "reload: limits.worker_threads changes take effect at the next restart"
+                    );
+                }
                 let after = runtime.config.digest.clone();
                 self.shared.runtime.store(Arc::new(runtime));
                 self.shared.origins.clear();

@@ -179,6 +179,8 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 fn prepare(path: Option<&Path>) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
     let config = load(path).map_err(|e| report_problems(&e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.limits.worker_threads as usize)
+        .thread_name("passerelle-io")
         .enable_all()
         .build()
         .map_err(|e| {

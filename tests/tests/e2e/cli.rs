@@ -453,6 +453,36 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
     assert_ne!(reloads[1]["digest_before"], reloads[1]["digest_after"]);
 }
 
+/// The threads of a running process named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == name)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_threads_are_read_at_start_and_a_reload_says_it_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::start(dir.path(), "").await;
+    assert_eq!(threads_named(gw.pid(), "passerelle-io"), 1, "the default");
+    gw.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::start(dir.path(), "[limits]\nworker_threads = 3\n").await;
+    assert_eq!(threads_named(gw.pid(), "passerelle-io"), 3);
+    std::fs::write(
+        dir.path().join("passerelle.toml"),
+        "[limits]\nworker_threads = 2\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_log("limits.worker_threads changes take effect at the next restart")
+        .await;
+    assert_eq!(threads_named(gw.pid(), "passerelle-io"), 3);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_tunnels_hold_no_buffers() {
     // 400 tunnels that each carried a few bytes both ways, then went quiet (the visio's):
