@@ -122,6 +122,12 @@ enum FirewallFormat {
     Markdown,
 }
 
+/// The audit writer frees what the workers allocate: glibc's malloc then takes the workers'
+/// arena lock (5 % of the CPU per forwarded request went there); mimalloc frees across
+/// threads without it (bench/run: 11 % more requests per second).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
