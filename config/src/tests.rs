@@ -383,6 +383,9 @@ fn worker_threads_are_one_to_sixty_four() {
     assert_eq!(c.limits.worker_threads, 64);
     for bad in ["0", "65", "-1"] {
         let p = problems(&format!("[limits]\nworker_threads = {bad}\n"), &[]);
-        assert_eq!(p, [format!("limits.worker_threads: {bad} must be from 1 to 64")]);
+        assert_eq!(
+            p,
+            [format!("limits.worker_threads: {bad} must be from 1 to 64")]
+        );
     }
 }

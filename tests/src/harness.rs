@@ -63,38 +63,33 @@ impl TestGateway {
 
     /// The last record for `host`, waiting (bounded) for it to appear.
     pub async fn record_for(&self, host: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = read_audit(&self.audit_path)
+        wait_until(Duration::from_secs(10), || async {
+            read_audit(&self.audit_path)
                 .into_iter()
                 .rev()
-                .find(|r| r["host"] == host);
-            if let Some(r) = found {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "no audit record for {host}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .find(|r| r["host"] == host)
+                .ok_or_else(|| format!("no audit record for {host}"))
+        })
+        .await
     }
 
     /// The `n`-th record (1-based) for `host`, waiting (bounded) for it to be written.
     pub async fn nth_record_for(&self, host: &str, n: usize) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        wait_until(Duration::from_secs(10), || async {
             let mut found: Vec<Value> = read_audit(&self.audit_path)
                 .into_iter()
                 .filter(|r| r["host"] == host)
                 .collect();
             if found.len() >= n {
-                return found.swap_remove(n - 1);
+                Ok(found.swap_remove(n - 1))
+            } else {
+                Err(format!(
+                    "only {} audit records for {host}, waited for {n}",
+                    found.len()
+                ))
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {} audit records for {host}, waited for {n}",
-                found.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Graceful shutdown; every record, flushed.
@@ -252,13 +247,33 @@ pub fn passerelle_bin() -> PathBuf {
     bin
 }
 
+/// Polls `check` every 20 ms until it gives a value, for at most `within`, then fails the
+/// test with what `check` said of the last state: how every suite waits on an event it can
+/// observe (a port open, a log line, a record, a metric), never on a fixed delay.
+pub async fn wait_until<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) => assert!(Instant::now() < deadline, "waited {within:?}: {state}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (bounded) until something accepts TCP connections at `addr`.
 pub async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_until(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("nothing listens on {addr}: {e}"))
+    })
+    .await
 }
 
 /// A free port on 127.0.0.1 (bound and released).
@@ -464,15 +479,14 @@ impl Running {
 
     /// Waits (bounded) until the binary's log contains `needle` (`reload.refused`).
     pub async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(Duration::from_secs(20), || async {
+            let log = self.log();
+            match log.contains(needle) {
+                true => Ok(()),
+                false => Err(format!("no {needle:?} in the log:\n{log}")),
+            }
+        })
+        .await
     }
 
     /// What the binary wrote to stderr so far.
@@ -543,18 +557,13 @@ pub async fn metric(admin: &str, series: &str) -> Option<f64> {
 
 /// Waits (bounded) until `series` at `admin` equals `value`.
 pub async fn wait_metric(admin: &str, series: &str, value: f64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = metric(admin, series).await;
-        if now == Some(value) {
-            return;
+    wait_until(Duration::from_secs(20), || async {
+        match metric(admin, series).await {
+            Some(now) if now == value => Ok(()),
+            now => Err(format!("{series} stayed at {now:?}, waited for {value}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed at {now:?}, waited for {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all ours), to

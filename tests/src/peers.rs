@@ -278,18 +278,14 @@ impl Squid {
 
     /// Waits (bounded) for an access.log line (Squid writes one when a transaction ends).
     pub async fn wait_access(&self, found: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(line) = self.access_log().into_iter().find(|l| found(l)) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no such line in Squid's access.log: {:?}",
-                self.access_log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::harness::wait_until(Duration::from_secs(20), || async {
+            let log = self.access_log();
+            log.iter()
+                .find(|l| found(l))
+                .cloned()
+                .ok_or_else(|| format!("no such line in Squid's access.log: {log:?}"))
+        })
+        .await
     }
 
     /// Squid's access.log lines so far.

@@ -346,16 +346,22 @@ async fn malformed_and_non_proxy_requests() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tunnels_pass_half_close_on() {
-    let peer = half_close_peer().await;
-    let gw = TestGateway::start(&origin_flow("raw", "raw.test", 7000, peer)).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n")
+/// A CONNECT to `target` through the gateway at `gw`, answered 200.
+async fn open_tunnel(gw: std::net::SocketAddr, target: &str) -> TcpStream {
+    let mut s = TcpStream::connect(gw).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_pass_half_close_on() {
+    let peer = half_close_peer().await;
+    let gw = TestGateway::start(&origin_flow("raw", "raw.test", 7000, peer)).await;
+    let mut s = open_tunnel(gw.addr, "raw.test:7000").await;
     s.write_all(&[7u8; 5000]).await.unwrap();
     s.shutdown().await.unwrap();
     let mut answer = String::new();
@@ -375,12 +381,7 @@ async fn bulk_through_a_tunnel_arrives_whole_both_ways() {
     // echoed, down at the same time, then the half-close.
     let peer = echo_peer().await;
     let gw = TestGateway::start(&origin_flow("raw", "raw.test", 7000, peer)).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n")
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let s = open_tunnel(gw.addr, "raw.test:7000").await;
     let mut data = b"hello".to_vec();
     data.extend((0..12u32 * 1024 * 1024).map(|i| (i % 251) as u8));
     let (mut r, mut w) = s.into_split();
@@ -412,11 +413,7 @@ async fn idle_tunnels_are_closed_after_the_flow_idle_timeout() {
             .replace("ports = [7001]", "ports = [7001]\nidle_timeout = \"1s\"")
     ))
     .await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"CONNECT quiet.test:7001 HTTP/1.1\r\nHost: quiet.test:7001\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut s = open_tunnel(gw.addr, "quiet.test:7001").await;
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
         .await
