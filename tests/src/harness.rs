@@ -51,14 +51,7 @@ impl TestGateway {
 
     /// Waits (bounded) until the audit file holds at least `n` records, and returns them.
     pub async fn records(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let records = read_audit(&self.audit_path);
-            if records.len() >= n || Instant::now() > deadline {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_records(&self.audit_path, n).await
     }
 
     /// The last record for `host`, waiting (bounded) for it to appear.
@@ -131,14 +124,17 @@ pub fn load_config(
 
 /// Waits (bounded) until the audit file at `path` holds at least `n` records.
 pub async fn wait_records(path: &Path, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_until(Duration::from_secs(20), || async {
         let records = read_audit(path);
-        if records.len() >= n || Instant::now() > deadline {
-            return records;
+        match records.len() >= n {
+            true => Ok(records),
+            false => Err(format!(
+                "{} audit records, waited for {n}: {records:?}",
+                records.len()
+            )),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// The audit's records at `path`, but the writer's own (`start`, `rotate`): what requests,
@@ -247,9 +243,12 @@ pub fn passerelle_bin() -> PathBuf {
     bin
 }
 
-/// Polls `check` every 20 ms until it gives a value, for at most `within`, then fails the
-/// test with what `check` said of the last state: how every suite waits on an event it can
-/// observe (a port open, a log line, a record, a metric), never on a fixed delay.
+/// How often a wait looks again at what it waits for.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `check` until it gives a value, for at most `within`, then fails the test with what
+/// `check` said of the last state: how every suite waits on an event it can observe (a port
+/// open, a log line, a record, a metric), never on a fixed delay.
 pub async fn wait_until<T, F, Fut>(within: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -261,7 +260,19 @@ where
             Ok(value) => return value,
             Err(state) => assert!(Instant::now() < deadline, "waited {within:?}: {state}"),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] for the tests that run outside a runtime (the network-namespace suites).
+pub fn wait_until_blocking<T>(within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(state) => assert!(Instant::now() < deadline, "waited {within:?}: {state}"),
+        }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -385,21 +396,17 @@ impl Launch {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
+        let port = wait_until(Duration::from_secs(30), || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(port) = logged_addr(&text, "listening on ").map(|a| a.port()) {
-                break port;
+            let port = logged_addr(&text, "listening on ").map(|a| a.port());
+            if port.is_none() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("passerelle exited ({status}) before listening:\n{text}");
+                }
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("passerelle exited ({status}) before listening:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "passerelle did not start:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+            async move { port.ok_or_else(|| format!("passerelle did not start:\n{text}")) }
+        })
+        .await;
         Running { child, port, audit }
     }
 }
@@ -531,11 +538,12 @@ impl Running {
 
     /// The exit code, waiting up to 10 s.
     pub async fn wait(mut self) -> i32 {
-        for _ in 0..200 {
+        // Not wait_until: a binary that does not stop is killed before the test fails.
+        for _ in 0..500 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
         let _ = self.child.kill();
         panic!("passerelle did not stop within 10 s");

@@ -98,14 +98,17 @@ impl HttpOrigin {
 
     /// Waits (bounded) until the origin has received `n` requests, and returns them.
     pub async fn wait_seen(&self, n: usize) -> Vec<Received> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        crate::harness::wait_until(Duration::from_secs(20), || async {
             let seen = self.seen();
-            if seen.len() >= n || std::time::Instant::now() > deadline {
-                return seen;
+            match seen.len() >= n {
+                true => Ok(seen),
+                false => Err(format!(
+                    "the origin saw {} requests, waited for {n}",
+                    seen.len()
+                )),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 }
 

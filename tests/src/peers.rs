@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::harness::free_port;
+use crate::harness::{free_port, wait_until};
 
 /// Kills the process when dropped, so a failing test leaves nothing behind.
 struct Reaped(Child);
@@ -94,20 +94,21 @@ impl NtlmParent {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         // Ready when it logged that it listens (it binds before it logs): a connection that
         // succeeds could reach another test's process on that port.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        wait_until(Duration::from_secs(20), || {
             let started = std::fs::read_to_string(&log)
                 .unwrap_or_default()
                 .contains("\"listening\"");
-            if started {
-                break;
-            }
             if let Ok(Some(status)) = child.0.try_wait() {
                 panic!("the NTLM parent exited ({status}) on port {port}");
             }
-            assert!(Instant::now() < deadline, "the NTLM parent did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            async move {
+                match started {
+                    true => Ok(()),
+                    false => Err("the NTLM parent did not start".to_string()),
+                }
+            }
+        })
+        .await;
         NtlmParent {
             addr,
             log,
@@ -240,24 +241,27 @@ impl Squid {
             }
             let mut child = Reaped(cmd.spawn().expect("squid starts"));
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let deadline = Instant::now() + Duration::from_secs(30);
             // Ready when *this* Squid says it accepts on the port (a connection succeeding
-            // could reach another test's process that took it).
+            // could reach another test's process that took it); false when it exited.
             let accepting = "Accepting HTTP Socket connections at conn";
-            let listening = loop {
+            let ours = format!("local=127.0.0.1:{port} ");
+            let listening = wait_until(Duration::from_secs(30), || {
                 let log = std::fs::read_to_string(d.join("cache.log")).unwrap_or_default();
-                let ours = format!("local=127.0.0.1:{port} ");
-                if log
+                let state = if log
                     .lines()
                     .any(|l| l.contains(accepting) && l.contains(&ours))
                 {
-                    break true;
-                }
-                if child.0.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
-                    break false;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+                    Ok(true)
+                } else if child.0.try_wait().ok().flatten().is_some() {
+                    Ok(false)
+                } else {
+                    Err(format!(
+                        "squid does not listen on {port} yet; cache.log:\n{log}"
+                    ))
+                };
+                async move { state }
+            })
+            .await;
             if listening {
                 break (addr, child);
             }
@@ -384,17 +388,18 @@ impl Kdc {
             kdc(&mut daemon);
             let mut child = Reaped(daemon.spawn().expect("krb5kdc starts"));
             // Ready when its own log says so; a KDC that could not bind says so and exits.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let up = loop {
+            let up = wait_until(Duration::from_secs(20), || {
                 let log = std::fs::read_to_string(d.join("kdc.log")).unwrap_or_default();
-                if log.contains("commencing operation") {
-                    break true;
-                }
-                if child.0.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
-                    break false;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+                let state = if log.contains("commencing operation") {
+                    Ok(true)
+                } else if child.0.try_wait().ok().flatten().is_some() {
+                    Ok(false)
+                } else {
+                    Err(format!("the KDC is not up yet; kdc.log:\n{log}"))
+                };
+                async move { state }
+            })
+            .await;
             if up {
                 break (port, child);
             }

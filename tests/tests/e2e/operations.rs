@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use passerelle_tests::browser;
 use passerelle_tests::harness::{
-    curl, free_port, passerelle_bin, raw_exchange, read_audit, wait_listening, Running, TestGateway,
+    curl, free_port, passerelle_bin, raw_exchange, read_audit, wait_listening, wait_until, Running,
+    TestGateway,
 };
 use passerelle_tests::origin::{closed_port, HttpOrigin, TlsOrigin};
 use passerelle_tests::peers::NtlmParent;
@@ -329,14 +330,13 @@ async fn sigusr1_reopens_the_audit_file_for_logrotate() {
     std::fs::rename(&audit, &rotated).unwrap();
     gw.signal("USR1");
     // The new file begins with the writer's rotate record.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while passerelle_tests::harness::read_audit_all(&audit).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no new audit file after SIGUSR1"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(Duration::from_secs(10), || async {
+        match passerelle_tests::harness::read_audit_all(&audit).is_empty() {
+            true => Err("no new audit file after SIGUSR1".to_string()),
+            false => Ok(()),
+        }
+    })
+    .await;
     curl(&["-x", &gw.proxy(), "http://second.example/"]).await;
     assert_eq!(gw.stop().await, 0);
     let old = passerelle_tests::harness::read_audit_all(&rotated);
@@ -977,18 +977,15 @@ async fn the_status_page_in_chromium() {
     .await;
     assert_eq!(reload.status, 202);
     // The reload is recorded once it ran: wait for it in the data the page draws.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(Duration::from_secs(10), || async {
         let status: serde_json::Value =
             serde_json::from_str(&curl(&[&format!("{admin}/status.json")]).await.body).unwrap();
-        if status["reloads"].as_array().is_some_and(|r| !r.is_empty()) {
-            break;
+        match status["reloads"].as_array().is_some_and(|r| !r.is_empty()) {
+            true => Ok(()),
+            false => Err(format!("reload never recorded: {status}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reload never recorded: {status}"
-        );
-    }
+    })
+    .await;
 
     let page = browser::render(&format!("{admin}/"), "en-US").await;
     assert!(page.console.is_empty(), "console: {:#?}", page.console);
@@ -1111,20 +1108,16 @@ async fn the_capacity_view_follows_the_visios_and_the_throughput() {
     s.read_to_end(&mut got).await.unwrap();
     assert!(got.len() > 1_048_576);
     let series = "passerelle_flow_throughput_bits_per_second{flow=\"media\",direction=\"down\"}";
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(&admin, series).await.unwrap_or(0.0) == 0.0 {
-        assert!(std::time::Instant::now() < deadline, "no throughput shown");
-    }
-    let shown = metric(&admin, series).await.unwrap_or(0.0);
+    let shown = wait_until(Duration::from_secs(20), || async {
+        let shown = metric(&admin, series).await.unwrap_or(0.0);
+        (shown > 0.0)
+            .then_some(shown)
+            .ok_or_else(|| "no throughput shown".to_string())
+    })
+    .await;
     assert!(
         shown >= 1_048_576.0 * 8.0 / 10.0,
         "1 MiB within 10 s is at least 0.8 Mbit/s: {shown}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric(&admin, series).await.unwrap_or(1.0) != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the throughput never fell back"
-        );
-    }
+    wait_metric(&admin, series, 0.0).await;
 }

@@ -4,9 +4,9 @@
 //! origins on its loopback).
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use passerelle_tests::harness::passerelle_bin;
+use passerelle_tests::harness::{passerelle_bin, wait_until_blocking};
 use passerelle_tests::netns::{self, Netns};
 
 const CONFIG: &str = r#"profile = "none"
@@ -66,11 +66,13 @@ impl Running {
     }
 
     fn wait_log(&self, needle: &str, times: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.log().matches(needle).count() < times {
-            assert!(Instant::now() < deadline, "no {needle:?}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_blocking(Duration::from_secs(30), || {
+            let log = self.log();
+            match log.matches(needle).count() >= times {
+                true => Ok(()),
+                false => Err(format!("no {needle:?}:\n{log}")),
+            }
+        })
     }
 
     fn curl(&self, args: &[&str]) -> String {
@@ -154,22 +156,20 @@ fn start() -> Option<Running> {
     };
     running.wait_log("listening on", 1);
     for port in ["18001", "18002"] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !running
-            .ns
-            .command("bash")
-            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the origin on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_blocking(Duration::from_secs(20), || {
+            let listening = running
+                .ns
+                .command("bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            match listening {
+                true => Ok(()),
+                false => Err(format!("the origin on {port} did not start")),
+            }
+        });
     }
     Some(running)
 }

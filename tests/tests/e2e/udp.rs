@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use passerelle_tests::harness::passerelle_bin;
+use passerelle_tests::harness::{passerelle_bin, wait_until_blocking};
 use passerelle_tests::netns::{self, Netns};
 
 /// The workstation, the jump host and the outside, with the ruleset of `config` loaded in
@@ -196,15 +196,13 @@ fn the_ruleset_routes_exactly_the_udp_flows_and_survives_reapplying() {
     site.send("198.18.0.2", "198.19.0.2:9999", "other-port");
     site.send("198.18.0.2", "198.19.0.3:3478", "other-address");
     site.send("198.18.0.66", "198.19.0.2:3478", "not-a-client");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while site.counter("refused").0 < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "refused counter: {:?}",
-            site.counter("refused")
-        );
-        std::thread::yield_now();
-    }
+    wait_until_blocking(Duration::from_secs(10), || {
+        let refused = site.counter("refused");
+        match refused.0 >= 3 {
+            true => Ok(()),
+            false => Err(format!("refused counter: {refused:?}")),
+        }
+    });
     // The refused counter saw all three: none reached the outside.
     let log = site.echo_log();
     for payload in ["other-port", "other-address", "not-a-client"] {
@@ -299,33 +297,30 @@ fn the_routed_flows_and_the_refusals_are_audited() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("listening on")
-    {
+    wait_until_blocking(Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
         if let Ok(Some(status)) = gateway.try_wait() {
-            panic!(
-                "passerelle exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            panic!("passerelle exited ({status}): {text}");
         }
-        assert!(Instant::now() < deadline, "passerelle did not start");
-        std::thread::yield_now();
-    }
+        match text.contains("listening on") {
+            true => Ok(()),
+            false => Err(format!("passerelle did not start: {text}")),
+        }
+    });
     let answer = site.exchange("198.18.0.2", 40100, "198.19.0.2:3478", "audited");
     assert!(answer.ends_with(": audited"), "{answer}");
     site.send("198.18.0.2", "198.19.0.2:9999", "refused");
 
-    let records = |deadline: Instant, done: &dyn Fn(&[serde_json::Value]) -> bool| loop {
-        let records = passerelle_tests::harness::read_audit(&audit);
-        if done(&records) {
-            return records;
-        }
-        assert!(Instant::now() < deadline, "records so far: {records:#?}");
-        std::thread::sleep(Duration::from_millis(50));
+    let records = |within: Duration, done: &dyn Fn(&[serde_json::Value]) -> bool| {
+        wait_until_blocking(within, || {
+            let records = passerelle_tests::harness::read_audit(&audit);
+            match done(&records) {
+                true => Ok(records),
+                false => Err(format!("records so far: {records:#?}")),
+            }
+        })
     };
-    let all = records(Instant::now() + Duration::from_secs(90), &|r| {
+    let all = records(Duration::from_secs(90), &|r| {
         r.iter()
             .any(|e| e["decision"] == "allow" && e["event"] == "udp")
             && r.iter()
