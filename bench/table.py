@@ -122,6 +122,8 @@ json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "qu
            "rounds": len(rounds), "results": data},
           open(sys.argv[2], "w"), indent=1)
 expected = ["w1", "w2_1", "w2_4", "w3", "w4"]
+chosen = sys.argv[4].strip(",").split(",") if len(sys.argv) > 4 and sys.argv[4] else expected
+expected = [w for w in expected if w in chosen]
 broken = [w for w in expected if get("passerelle", w, "ops") is None]
 broken += [f"{t} {w}" for t in ["passerelle-ntlm"] if t in data for w in ["w1", "w3"] if get(t, w, "ops") is None]
 if broken:
