@@ -4,7 +4,7 @@
 //! data flows, so idle tunnels (the visio's) cost a few KiB, and moves bulk with `splice(2)`.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,7 +14,6 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use passerelle_config::{Flow, Host};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -178,12 +177,12 @@ async fn supervise(
     }
 }
 
-/// Both ways at once; each direction's end is passed on as a half-close.
+/// Both ways at once. The first direction to end is passed on as a half-close; the second
+/// needs none: closing both sockets, next, sends it.
 async fn tcp_relay(a: TcpStream, b: TcpStream, meter: &Meter) -> std::io::Result<()> {
-    let (a_read, a_write) = a.into_split();
-    let (b_read, b_write) = b.into_split();
-    let up = pump(a_read, b_write, meter, Direction::Up);
-    let down = pump(b_read, a_write, meter, Direction::Down);
+    let ended = AtomicBool::new(false);
+    let up = pump(&a, &b, meter, Direction::Up, &ended);
+    let down = pump(&b, &a, meter, Direction::Down, &ended);
     tokio::try_join!(up, down).map(|_| ())
 }
 
@@ -193,46 +192,47 @@ async fn tcp_relay(a: TcpStream, b: TcpStream, meter: &Meter) -> std::io::Result
 /// direction then moves with `splice(2)`, socket to pipe to socket, without copying through
 /// user space (through a buffer when the system grants no pipe of that size).
 async fn pump(
-    from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    from: &TcpStream,
+    to: &TcpStream,
     meter: &Meter,
     direction: Direction,
+    ended: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut pipe: Option<Pipe> = None;
     let mut bulk = BytesMut::new();
     loop {
         from.readable().await?;
         if let Some(pipe) = &pipe {
-            match pipe.fill(&from) {
-                Ok(0) => return to.shutdown().await,
+            match pipe.fill(from) {
+                Ok(0) => return pass_end(to, ended),
                 Ok(n) => {
                     meter.count(direction, n);
-                    pipe.drain(&to, n).await?;
+                    pipe.drain(to, n).await?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         } else if bulk.capacity() > 0 {
             match from.try_read_buf(&mut bulk) {
-                Ok(0) => return to.shutdown().await,
+                Ok(0) => return pass_end(to, ended),
                 Ok(n) => {
                     meter.count(direction, n);
-                    to.write_all(&bulk).await?;
+                    write_all(to, &bulk).await?;
                     bulk.clear();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         } else {
-            let (n, rest) = match pass_on(&from, &to, meter, direction) {
+            let (n, rest) = match pass_on(from, to, meter, direction) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 result => result?,
             };
             if n == 0 {
-                return to.shutdown().await;
+                return pass_end(to, ended);
             }
             if !rest.is_empty() {
-                to.write_all(&rest).await?;
+                write_all(to, &rest).await?;
             }
             if n == CHUNK {
                 pipe = Pipe::new();
@@ -244,14 +244,35 @@ async fn pump(
     }
 }
 
+/// The end of one direction: a half-close when it is the first to end.
+fn pass_end(to: &TcpStream, ended: &AtomicBool) -> std::io::Result<()> {
+    if ended.swap(true, Ordering::Relaxed) {
+        return Ok(());
+    }
+    socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)
+}
+
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 const CHUNK: usize = 8 * 1024;
 
 /// Reads what `from` has into a chunk on the stack (not in the tunnel's future: this is no
 /// async fn) and writes it to `to` at once: how much was read (0 at the end of the stream),
 /// and what `to` had no room for.
 fn pass_on(
-    from: &OwnedReadHalf,
-    to: &OwnedWriteHalf,
+    from: &TcpStream,
+    to: &TcpStream,
     meter: &Meter,
     direction: Direction,
 ) -> std::io::Result<(usize, Vec<u8>)> {
@@ -289,8 +310,7 @@ impl Pipe {
 
     /// Moves what `from` has into the empty pipe: 0 at the end of the stream, `WouldBlock`
     /// when nothing is there after all (the pipe being empty, never because it is full).
-    fn fill(&self, from: &OwnedReadHalf) -> std::io::Result<usize> {
-        let socket: &TcpStream = from.as_ref();
+    fn fill(&self, socket: &TcpStream) -> std::io::Result<usize> {
         socket.try_io(tokio::io::Interest::READABLE, || {
             Ok(rustix::pipe::splice(
                 socket,
@@ -304,8 +324,7 @@ impl Pipe {
     }
 
     /// Moves the `n` bytes in the pipe to `to`, waiting for room in its send buffer.
-    async fn drain(&self, to: &OwnedWriteHalf, mut n: usize) -> std::io::Result<()> {
-        let socket: &TcpStream = to.as_ref();
+    async fn drain(&self, socket: &TcpStream, mut n: usize) -> std::io::Result<()> {
         while n > 0 {
             socket.writable().await?;
             let moved = socket.try_io(tokio::io::Interest::WRITABLE, || {
