@@ -182,19 +182,32 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 /// The configuration and a runtime to run it on, or the exit code that says why not.
+/// One worker thread (the default) is tokio's current-thread scheduler, run by [`run`] on a
+/// thread of its own: every task on one thread, with none of the wake-ups and hand-offs
+/// between threads that a multi-threaded scheduler of one worker still pays.
 fn prepare(path: Option<&Path>) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
     let config = load(path).map_err(|e| report_problems(&e))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.limits.worker_threads as usize)
-        .thread_name("passerelle-io")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("passerelle: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })?;
+    let mut builder = match config.limits.worker_threads {
+        1 => {
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.thread_name("passerelle-pool");
+            builder
+        }
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n as usize).thread_name(EVENT_LOOP);
+            builder
+        }
+    };
+    let runtime = builder.enable_all().build().map_err(|e| {
+        eprintln!("passerelle: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })?;
     Ok((config, runtime))
 }
+
+/// The name of the threads serving connections.
+const EVENT_LOOP: &str = "passerelle-io";
 
 fn report_problems(error: &ConfigError) -> ExitCode {
     eprintln!("passerelle: the configuration is not valid:");
@@ -229,7 +242,24 @@ fn run(path: Option<&Path>) -> ExitCode {
         Ok(ready) => ready,
         Err(code) => return code,
     };
-    match runtime.block_on(serve(config, path)) {
+    let one_thread = config.limits.worker_threads == 1;
+    let serving = || runtime.block_on(serve(config, path));
+    let served = if one_thread {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name(EVENT_LOOP.to_string())
+                .spawn_scoped(scope, serving)
+                .map_err(anyhow::Error::from)
+                .and_then(|thread| {
+                    thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+        })
+    } else {
+        serving()
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("passerelle: {e:#}");
