@@ -199,6 +199,28 @@ pub async fn curl(args: &[&str]) -> Curl {
     }
 }
 
+/// Runs the `passerelle` binary with `args` and returns what it printed, failing the test with
+/// its output when it does not exit 0.
+pub fn passerelle_ok<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let out = std::process::Command::new(passerelle_bin())
+        .args(&args)
+        .output()
+        .expect("the passerelle binary runs");
+    assert!(
+        out.status.success(),
+        "passerelle {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The `passerelle` binary of this workspace, built on first use if `cargo test` did not.
 pub fn passerelle_bin() -> PathBuf {
     static BUILD: Once = Once::new();

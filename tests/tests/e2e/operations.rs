@@ -1,14 +1,15 @@
 //! Operating it: the admin endpoint (metrics, health, PAC evaluated in node, flows,
 //! reload), Squid-format and syslog audit, reopening on SIGUSR1, and `passerelle report`.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use passerelle_tests::browser;
 use passerelle_tests::harness::{
-    curl, free_port, passerelle_bin, raw_exchange, read_audit, wait_listening, wait_until, Running,
-    TestGateway,
+    curl, free_port, passerelle_bin, passerelle_ok, raw_exchange, read_audit, wait_listening,
+    wait_until, Running, TestGateway,
 };
 use passerelle_tests::origin::{closed_port, HttpOrigin, TlsOrigin};
 use passerelle_tests::peers::NtlmParent;
@@ -380,17 +381,7 @@ async fn report_summarizes_for_the_security_team() {
     curl(&["-x", &gw.proxy(), "http://covotem.esante-centre.fr:22/"]).await;
     let path = gw.audit_path.clone();
     let _dir = gw.shutdown().await;
-    let out = Command::new(passerelle_bin())
-        .arg("report")
-        .arg("--json")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = passerelle_ok([OsStr::new("report"), OsStr::new("--json"), path.as_os_str()]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["records"], 6);
     assert_eq!(r["denied"], 3);
@@ -406,13 +397,12 @@ async fn report_summarizes_for_the_security_team() {
     assert_eq!(r["seq_gaps"], 0);
     assert_eq!(r["reasons"][0], serde_json::json!(["no_flow", 2]));
     let html = path.with_extension("html");
-    let text = Command::new(passerelle_bin())
-        .arg("report")
-        .arg("--html")
-        .arg(&html)
-        .arg(&path)
-        .output()
-        .unwrap();
+    let text = passerelle_ok([
+        OsStr::new("report"),
+        OsStr::new("--html"),
+        html.as_os_str(),
+        path.as_os_str(),
+    ]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.starts_with("audit chain intact: 7 records in 1 file(s)"),
@@ -425,11 +415,8 @@ async fn report_summarizes_for_the_security_team() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("id=\"per-hour\"") && page.contains("evil.example:443"));
     // Filtered to a client that made no request: nothing.
-    let out = Command::new(passerelle_bin())
-        .args(["report", "--json", "--client", "10.9.9.9", "--since", "1h"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let filter = ["report", "--json", "--client", "10.9.9.9", "--since", "1h"];
+    let out = passerelle_ok(filter.iter().map(OsStr::new).chain([path.as_os_str()]));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["records"], 0);
 }
@@ -1039,17 +1026,12 @@ async fn the_html_report_in_chromium() {
     let path = gw.audit_path.clone();
     let dir = gw.shutdown().await;
     let html = dir.path().join("report.html");
-    let out = Command::new(passerelle_bin())
-        .args(["report", "--html"])
-        .arg(&html)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    passerelle_ok([
+        OsStr::new("report"),
+        OsStr::new("--html"),
+        html.as_os_str(),
+        path.as_os_str(),
+    ]);
     let page = browser::render(&format!("file://{}", html.display()), "en-US").await;
     assert!(page.console.is_empty(), "console: {:#?}", page.console);
     assert!(page.dom.contains("evil.example:443") && page.dom.contains("id=\"per-hour\""));

@@ -2,11 +2,12 @@
 //! nftables in network namespaces (a workstation, the jump host, the outside with UDP echo
 //! peers), addresses from 198.18.0.0/15 only.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use passerelle_tests::harness::{passerelle_bin, wait_until_blocking};
+use passerelle_tests::harness::{passerelle_bin, passerelle_ok, wait_until_blocking};
 use passerelle_tests::netns::{self, Netns};
 
 /// The workstation, the jump host and the outside, with the ruleset of `config` loaded in
@@ -89,16 +90,11 @@ impl Site {
     /// Renders the ruleset and loads it in the jump host.
     fn apply(&self) {
         let rules = self.dir.path().join("passerelle.nft");
-        let out = std::process::Command::new(passerelle_bin())
-            .args(["firewall", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = passerelle_ok([
+            OsStr::new("firewall"),
+            OsStr::new("--config"),
+            self.config.as_os_str(),
+        ]);
         std::fs::write(&rules, &out.stdout).unwrap();
         self.jump.sh(&format!("nft -f {}", rules.display()));
     }
