@@ -51,7 +51,8 @@ def ratio(a, b, workload, key):
     return f"{median:.2f}× ({min(per_round):.2f}–{max(per_round):.2f})"
 
 
-print(f"Medians over {len(rounds)} round(s).")
+cc = sys.argv[5] if len(sys.argv) > 5 else "unknown"
+print(f"Medians over {len(rounds)} round(s), TCP congestion control {cc}.")
 print()
 order = ["direct", "haproxy", "passerelle", "baseline", "squid", "tinyproxy", "cntlm"]
 print("| target | W1 req/s | W1 p50 ms | W1 p99 ms | proxy CPU µs/req | W2 MB/s, 1 tunnel | W2 MB/s, 4 tunnels | W3 tunnels/s | W3 p99 ms | proxy CPU µs/tunnel | W4 KiB/idle tunnel (alive) |")
@@ -118,7 +119,7 @@ if w7 and w7[-1][1].get("after_w1") and w7[-1][1].get("after_w3"):
           f"{fmt(get('passerelle-negotiate', 'w3', 'per_second'))} tunnels/s); the KDC issued {b['service_tickets']} "
           f"service ticket(s) for the parent in all, {b['preauth_failures']} pre-authentication failures.")
 
-json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "quick": sys.argv[3] == "1",
+json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "quick": sys.argv[3] == "1", "congestion_control": cc,
            "rounds": len(rounds), "results": data},
           open(sys.argv[2], "w"), indent=1)
 expected = ["w1", "w2_1", "w2_4", "w3", "w4"]
