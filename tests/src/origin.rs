@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 type OutBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -284,42 +284,46 @@ impl TlsOrigin {
     }
 }
 
-/// A raw TCP peer that reads until the client half-closes, then answers `got N bytes` and
-/// closes: a tunnel that does not pass on half-close never gets the answer.
-pub async fn half_close_peer() -> SocketAddr {
+/// A raw TCP peer on 127.0.0.1 serving each connection with `serve`, in a task of its own.
+async fn raw_peer<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if stream.read_to_end(&mut buf).await.is_ok() {
-                    let _ = stream
-                        .write_all(format!("got {} bytes", buf.len()).as_bytes())
-                        .await;
-                    let _ = stream.shutdown().await;
-                }
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
         }
     });
     addr
 }
 
+/// A raw TCP peer that reads until the client half-closes, then answers `got N bytes` and
+/// closes: a tunnel that does not pass on half-close never gets the answer.
+pub async fn half_close_peer() -> SocketAddr {
+    raw_peer(|mut stream| async move {
+        let mut buf = Vec::new();
+        if stream.read_to_end(&mut buf).await.is_ok() {
+            let _ = stream
+                .write_all(format!("got {} bytes", buf.len()).as_bytes())
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    })
+    .await
+}
+
 /// A raw TCP peer that sends back everything it reads, and half-closes when the client does.
 pub async fn echo_peer() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
+    raw_peer(|mut stream| async move {
+        let (mut r, mut w) = stream.split();
+        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+            let _ = w.shutdown().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A raw TCP peer that accepts and says nothing, holding the connection open.
