@@ -4,7 +4,8 @@ Usage: table.py RESULTS.jsonl OUT.json QUICK.
 Each number is the median over the rounds; each ratio is the median of the per-round ratios
 (both taken in the same round, so a slow moment of the machine hits both sides) with their
 spread, min–max. Exits 1 when Passerelle produced no number for a workload or only errors
-(the harness is broken), never because of a speed."""
+or more than 1 % errors in any round (the harness, or Passerelle, is broken), never because
+of a speed."""
 import datetime
 import json
 import statistics
@@ -127,6 +128,16 @@ chosen = sys.argv[4].strip(",").split(",") if len(sys.argv) > 4 and sys.argv[4] 
 expected = [w for w in expected if w in chosen]
 broken = [w for w in expected if get("passerelle", w, "ops") is None]
 broken += [f"{t} {w}" for t in ["passerelle-ntlm"] if t in data for w in ["w1", "w3"] if get(t, w, "ops") is None]
+# A workload where requests fail measures the failures: more than 1 % errors is a broken run.
+MAX_ERROR_FRACTION = 0.01
+for t in ["passerelle", "passerelle-ntlm", "parented", "passerelle-negotiate"]:
+    for w, results in data.get(t, {}).items():
+        for rnd, res in results:
+            ops, errors = res.get("ops"), res.get("errors", 0)
+            if ops is None or not errors:
+                continue
+            if errors > MAX_ERROR_FRACTION * (ops + errors):
+                broken.append(f"{t} {w} (round {rnd}: {errors} errors for {ops} operations)")
 if broken:
-    print(f"bench: no Passerelle result (or only errors) for {', '.join(broken)}", file=sys.stderr)
+    print(f"bench: no Passerelle result, or too many errors, for {', '.join(broken)}", file=sys.stderr)
     sys.exit(1)

@@ -175,7 +175,14 @@ pub struct Curl {
 /// Runs curl with `args` (always bounded by --max-time), capturing body and codes.
 pub async fn curl(args: &[&str]) -> Curl {
     let out = tokio::process::Command::new("curl")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
         .args([
+            "-q",
             "-sS",
             "--max-time",
             "60",
@@ -362,11 +369,44 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The binary, with its config file and audit file in `dir`, listening on a fresh port.
+/// The binary, with its config file and audit file in `dir`, listening on a fresh port. It runs
+/// in a process group of its own, killed (and reaped) when this is dropped: a failing test
+/// leaves nothing behind, wrappers' children included.
 pub struct Running {
-    child: std::process::Child,
+    child: Reaped,
     pub port: u16,
     pub audit: PathBuf,
+}
+
+/// Kills `child`'s process group (it was started as its leader) and reaps `child`.
+pub fn kill_group(child: &mut std::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A child process started in a process group of its own, killed with its group and reaped
+/// when dropped.
+pub struct Reaped(pub std::process::Child);
+
+impl Reaped {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<Reaped> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0).spawn().map(Reaped)
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        kill_group(&mut self.0);
+    }
 }
 
 /// How to launch [`Running`]: extra environment, optionally a private resolver or a wrapper
@@ -376,7 +416,7 @@ pub struct Launch {
     toml: String,
     env: Vec<(String, String)>,
     hosts: Option<Vec<(String, std::net::IpAddr)>>,
-    wrapper: Vec<String>,
+    clock_offset: Option<String>,
 }
 
 impl Launch {
@@ -386,9 +426,10 @@ impl Launch {
         self
     }
 
-    /// Runs the binary under `wrapper` (e.g. `faketime +2h`).
-    pub fn wrapped(mut self, wrapper: &[&str]) -> Launch {
-        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+    /// Runs the binary with its clock moved by `offset` (libfaketime's syntax: `+2h`), through
+    /// the preload alone: no `faketime` wrapper process, which would not pass signals on.
+    pub fn clock_offset(mut self, offset: &str) -> Launch {
+        self.clock_offset = Some(offset.to_string());
         self
     }
 
@@ -399,16 +440,14 @@ impl Launch {
         let file = self.dir.join("passerelle.toml");
         let log = self.dir.join("stderr.log");
         std::fs::write(&file, &self.toml).unwrap();
-        let mut program: Vec<std::ffi::OsString> = self.wrapper.iter().map(Into::into).collect();
-        program.push(passerelle_bin().into());
+        let program: Vec<std::ffi::OsString> = vec![passerelle_bin().into()];
         let mut cmd = match &self.hosts {
-            None => {
-                let mut cmd = std::process::Command::new(&program[0]);
-                cmd.args(&program[1..]);
-                cmd
-            }
+            None => std::process::Command::new(&program[0]),
             Some(hosts) => with_closed_dns(&self.dir, hosts, &program),
         };
+        if let Some(offset) = &self.clock_offset {
+            cmd.env("LD_PRELOAD", libfaketime()).env("FAKETIME", offset);
+        }
         cmd.args(["run", "--config"])
             .arg(&file)
             .env("PASSERELLE__LISTEN__PROXY", "127.0.0.1:0")
@@ -417,12 +456,12 @@ impl Launch {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        let mut child = cmd.spawn().unwrap();
+        let mut child = Reaped::spawn(&mut cmd).expect("the passerelle binary starts");
         let port = wait_until(Duration::from_secs(30), || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let port = logged_addr(&text, "listening on ").map(|a| a.port());
             if port.is_none() {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Ok(Some(status)) = child.0.try_wait() {
                     panic!("passerelle exited ({status}) before listening:\n{text}");
                 }
             }
@@ -433,9 +472,10 @@ impl Launch {
     }
 }
 
-/// `program` in a private mount namespace whose resolver answers only `hosts` (its own
-/// `/etc/hosts`, and an `/etc/resolv.conf` pointing at a closed port): names resolve as the
-/// test says, and no DNS query leaves the machine. The files are written in `dir`.
+/// `program` in a private mount namespace whose resolver answers only `hosts`: its own
+/// `/etc/hosts`, an `/etc/nsswitch.conf` that asks nothing but that file (no DNS query is made
+/// at all, to any address), and an empty `/etc/resolv.conf`. The files are written in `dir`.
+/// The wrapper `exec`s the program: it keeps its process id and gets signals itself.
 pub fn with_closed_dns(
     dir: &Path,
     hosts: &[(String, std::net::IpAddr)],
@@ -447,21 +487,63 @@ pub fn with_closed_dns(
         text.push_str(&format!("{ip} {name}\n"));
     }
     std::fs::write(&hosts_file, text).unwrap();
-    let resolv = dir.join("resolv.conf");
+    let nsswitch = dir.join("nsswitch.conf");
     std::fs::write(
-        &resolv,
-        "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
+        &nsswitch,
+        "passwd: files\ngroup: files\nhosts: files\nservices: files\nprotocols: files\n",
     )
     .unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
     let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["--mount", "sh", "-c"])
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "mount --bind '{}' /etc/hosts && mount --bind '{}' /etc/resolv.conf && exec \"$0\" \"$@\"",
+            "mount --bind '{}' /etc/hosts && mount --bind '{}' /etc/nsswitch.conf && mount --bind '{}' /etc/resolv.conf && exec \"$0\" \"$@\"",
             hosts_file.display(),
+            nsswitch.display(),
             resolv.display()
         ))
         .args(program);
     cmd
+}
+
+/// libfaketime's preload library, for [`Launch::clock_offset`].
+fn libfaketime() -> PathBuf {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/lib64/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("libfaketime is installed (scripts/install-test-deps installs faketime)")
+}
+
+/// A suite that cannot run on this machine (no network namespaces, say) calls this and
+/// returns: the skip is counted by `scripts/test` (`N skipped` in its closing line), and is a
+/// failure where `PASSERELLE_TESTS_NO_SKIP=1` (CI, where every suite must run).
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    assert!(
+        std::env::var_os("PASSERELLE_TESTS_NO_SKIP").is_none(),
+        "{test} cannot run here and PASSERELLE_TESTS_NO_SKIP forbids skipping it: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(file) = std::env::var_os("PASSERELLE_TEST_SKIPS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 /// The first `ip:port` after `marker` in a log.
@@ -488,7 +570,7 @@ impl Running {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             hosts: None,
-            wrapper: Vec::new(),
+            clock_offset: None,
         }
     }
 
@@ -525,14 +607,14 @@ impl Running {
 
     pub fn signal(&self, name: &str) {
         let ok = std::process::Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
+            .args(["-s", name, &self.child.0.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     pub fn peak_rss_kib(&self) -> u64 {
@@ -544,7 +626,8 @@ impl Running {
     }
 
     fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix(field))
@@ -562,12 +645,12 @@ impl Running {
     pub async fn wait(mut self) -> i32 {
         // Not wait_until: a binary that does not stop is killed before the test fails.
         for _ in 0..500 {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
             tokio::time::sleep(POLL).await;
         }
-        let _ = self.child.kill();
+        kill_group(&mut self.child.0);
         panic!("passerelle did not stop within 10 s");
     }
 }

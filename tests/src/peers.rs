@@ -4,23 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::harness::{free_port, wait_until};
-
-/// Kills the process when dropped, so a failing test leaves nothing behind.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{free_port, wait_until, Reaped};
 
 /// The NTLM parent. `users` are `(DOMAIN, user, password)`; `map` sends CONNECT targets
 /// (`host:port`) to local addresses.
@@ -87,10 +77,8 @@ impl NtlmParent {
             cmd.args(["--map", &format!("{target}={addr}")]);
         }
         cmd.args(flags);
-        let mut child = Reaped(
-            cmd.spawn()
-                .expect("python3 runs (scripts/install-test-deps installs pyspnego)"),
-        );
+        let mut child = Reaped::spawn(&mut cmd)
+            .expect("python3 runs (scripts/install-test-deps installs pyspnego)");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         // Ready when it logged that it listens (it binds before it logs): a connection that
         // succeeds could reach another test's process on that port.
@@ -222,6 +210,7 @@ impl Squid {
                  netdb_filename none\n\
                  pinger_enable off\n\
                  hosts_file {d}/hosts\n\
+                 visible_hostname passerelle-test-squid\n\
                  dns_nameservers 127.0.0.1\n\
                  shutdown_lifetime 0 seconds\n\
                  {auth_param}\
@@ -239,7 +228,7 @@ impl Squid {
             if let Some(conf) = &krb5_config {
                 cmd.env("KRB5_CONFIG", conf);
             }
-            let mut child = Reaped(cmd.spawn().expect("squid starts"));
+            let mut child = Reaped::spawn(&mut cmd).expect("squid starts");
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             // Ready when *this* Squid says it accepts on the port (a connection succeeding
             // could reach another test's process that took it); false when it exited.
@@ -386,7 +375,7 @@ impl Kdc {
             let mut daemon = Command::new("krb5kdc");
             daemon.args(["-n", "-P"]).arg(d.join("krb5kdc.pid"));
             kdc(&mut daemon);
-            let mut child = Reaped(daemon.spawn().expect("krb5kdc starts"));
+            let mut child = Reaped::spawn(&mut daemon).expect("krb5kdc starts");
             // Ready when its own log says so; a KDC that could not bind says so and exits.
             let up = wait_until(Duration::from_secs(20), || {
                 let log = std::fs::read_to_string(d.join("kdc.log")).unwrap_or_default();

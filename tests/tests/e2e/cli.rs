@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use passerelle_tests::harness::{curl, passerelle_bin, read_audit, Running};
+use passerelle_tests::harness::{curl, passerelle_bin, read_audit, Reaped, Running};
 use passerelle_tests::origin::HttpOrigin;
 
 fn check_config(file: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
@@ -302,39 +302,99 @@ fn hash_password_prints_the_nt_hash() {
     );
 }
 
-/// On a terminal (a pseudo-terminal from util-linux's `script`), the password is asked twice
-/// and a mistyped confirmation prints nothing.
+/// On a terminal (a pseudo-terminal from util-linux's `script`), the password is asked twice,
+/// never echoed (each line is typed only once its prompt shows, so the terminal's echo would
+/// show it), and a mistyped confirmation prints nothing.
 #[test]
-fn hash_password_asks_twice_on_a_terminal() {
-    let on_a_terminal = |typed: &[u8]| {
-        let mut child = Command::new("script")
-            .args(["-qec"])
-            .arg(format!("{} hash-password", passerelle_bin().display()))
-            .arg("/dev/null")
+fn hash_password_asks_twice_on_a_terminal_without_echo() {
+    const TYPED: &str = "Zebra-horse7";
+    let expected = {
+        let mut child = Command::new(passerelle_bin())
+            .arg("hash-password")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("script (util-linux) runs");
+            .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(typed).unwrap();
+        writeln!(child.stdin.take().unwrap(), "{TYPED}").unwrap();
         let out = child.wait_with_output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let (code, text) = on_a_terminal(b"Password\nPassword\n");
+    assert_eq!(expected.len(), 32, "{expected}");
+    let on_a_terminal = |first: &str, second: &str| {
+        use std::io::{Read, Write};
+        let mut child = Reaped(
+            Command::new("script")
+                .args(["-qec"])
+                .arg(format!("{} hash-password", passerelle_bin().display()))
+                .arg("/dev/null")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("script (util-linux) runs"),
+        );
+        let mut stdin = child.0.stdin.take().unwrap();
+        let mut stdout = child.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = String::new();
+        let wait_for = |needle: &str, seen: &mut String| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !seen.contains(needle) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                    Err(_) => break,
+                }
+            }
+        };
+        wait_for("Password: ", &mut seen);
+        assert!(seen.contains("Password: "), "no first prompt: {seen:?}");
+        writeln!(stdin, "{first}").unwrap();
+        wait_for("Again: ", &mut seen);
+        assert!(seen.contains("Again: "), "no second prompt: {seen:?}");
+        writeln!(stdin, "{second}").unwrap();
+        drop(stdin);
+        let code = child.0.wait().unwrap().code();
+        // The rest of what it printed, until the reader sees the end.
+        while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(10)) {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        (code, seen)
+    };
+    let (code, text) = on_a_terminal(TYPED, TYPED);
     assert_eq!(code, Some(0), "{text}");
-    assert!(
-        text.contains("Again:") && text.contains("a4f49c406510bdcab6824ee7c30fd852"),
-        "{text}"
-    );
-    let (code, text) = on_a_terminal(b"Password\nPasswort\n");
+    assert!(text.contains(&expected), "{text}");
+    assert!(!text.contains(TYPED), "the password was echoed: {text:?}");
+    let (code, text) = on_a_terminal(TYPED, "Zebra-horse8");
     assert_eq!(code, Some(2), "{text}");
     assert!(
-        text.contains("differ") && !text.contains("a4f49c40"),
+        text.contains("differ") && !text.contains(&expected),
         "{text}"
     );
+    assert!(
+        !text.contains("Zebra-horse"),
+        "a password was echoed: {text:?}"
+    );
+}
+
+/// Kills a process by pid when dropped (one this test started outside its own process group).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// The log is coloured for a person at a terminal, plain with `NO_COLOR` (and, as every
@@ -344,7 +404,7 @@ fn log_colours_only_on_a_terminal_without_no_color() {
     use std::io::BufRead;
     let first_log_line = |no_color: &str| {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("script")
+        let child = Command::new("script")
             .arg("-qec")
             .arg(format!(
                 "echo pid $$; NO_COLOR={no_color} exec {} run",
@@ -357,17 +417,22 @@ fn log_colours_only_on_a_terminal_without_no_color() {
             .stdout(Stdio::piped())
             .spawn()
             .expect("script (util-linux) runs");
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let pid = lines
-            .next()
-            .and_then(|l| l.ok()?.trim().strip_prefix("pid ")?.parse::<u32>().ok())
-            .expect("the shell's pid");
+        let mut child = Reaped(child);
+        let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
+        // `script` runs the shell in a session of its own, which `script`'s process group
+        // does not reach: the gateway is killed by its own pid, whatever happens below.
+        let gateway = KillOnDrop(
+            lines
+                .next()
+                .and_then(|l| l.ok()?.trim().strip_prefix("pid ")?.parse::<u32>().ok())
+                .expect("the shell's pid"),
+        );
         let line = lines
             .map_while(Result::ok)
             .find(|l| l.contains("listening on"))
             .expect("a listening line");
-        Command::new("kill").arg(pid.to_string()).status().unwrap();
-        child.wait().unwrap();
+        drop(gateway);
+        child.0.wait().unwrap();
         line
     };
     assert!(
@@ -506,7 +571,12 @@ async fn idle_tunnels_hold_no_buffers() {
             let mut head = [0u8; 512];
             let mut got = 0;
             while !head[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                got += s.read(&mut head[got..]).await.unwrap();
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head[got..]))
+                    .await
+                    .expect("the CONNECT's answer within 10 s")
+                    .unwrap();
+                assert!(n > 0, "closed before answering the CONNECT");
+                got += n;
             }
             assert!(
                 head.starts_with(b"HTTP/1.1 200"),
@@ -515,7 +585,10 @@ async fn idle_tunnels_hold_no_buffers() {
             );
             s.write_all(b"ping").await.unwrap();
             let mut pong = [0u8; 4];
-            s.read_exact(&mut pong).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut pong))
+                .await
+                .expect("the echo within 10 s")
+                .unwrap();
             assert_eq!(&pong, b"ping");
             held.push(s);
         }

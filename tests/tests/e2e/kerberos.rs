@@ -320,7 +320,8 @@ async fn twenty_requests_with_a_wrong_password_reach_the_kdc_once() {
     gw.stop().await;
 }
 
-/// The first failure for `upstream` (with `password`, under `krb5_conf`, maybe wrapped).
+/// The first failure for `upstream` (with `password`, under `krb5_conf`, maybe with the
+/// gateway's clock moved by `clock`).
 async fn failure(
     kdc: &Kdc,
     squid: &Squid,
@@ -328,10 +329,10 @@ async fn failure(
     upstream: &str,
     password: &str,
     krb5_conf: &Path,
-    wrapper: &[&str],
+    clock: Option<&str>,
 ) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Running::with_env(
+    let mut launch = Running::with_env(
         dir.path(),
         &config(origin, squid, upstream),
         &[
@@ -340,10 +341,11 @@ async fn failure(
             ("KRB5CCNAME", &format!("FILE:{}/none", kdc.dir().display())),
         ],
     )
-    .closed_dns(&[(PARENT, LOCALHOST)])
-    .wrapped(wrapper)
-    .start()
-    .await;
+    .closed_dns(&[(PARENT, LOCALHOST)]);
+    if let Some(offset) = clock {
+        launch = launch.clock_offset(offset);
+    }
+    let gw = launch.start().await;
     let r = curl(&[
         "-x",
         &gw.proxy(),
@@ -370,27 +372,27 @@ async fn kerberos_failures_are_told_apart() {
     )
     .await;
     let conf = kdc.krb5_conf.clone();
-    let cases: Vec<(&str, String, &str, std::path::PathBuf, Vec<&str>)> = vec![
+    let cases: Vec<(&str, String, &str, std::path::PathBuf, Option<&str>)> = vec![
         (
             "kerberos_preauth_failed",
             password_upstream("negotiate"),
             "nope",
             conf.clone(),
-            vec![],
+            None,
         ),
         (
             "kerberos_kdc_unreachable",
             password_upstream("negotiate"),
             PASSWORD,
             kdc.unreachable_conf(),
-            vec![],
+            None,
         ),
         (
             "kerberos_principal_unknown",
             format!("auth = \"negotiate\"\nuser = \"nobody@{REALM}\"\npassword_env = \"PW\"\n"),
             PASSWORD,
             conf.clone(),
-            vec![],
+            None,
         ),
         (
             "kerberos_spn_unknown",
@@ -400,29 +402,26 @@ async fn kerberos_failures_are_told_apart() {
             ),
             PASSWORD,
             conf.clone(),
-            vec![],
+            None,
         ),
         (
             "kerberos_no_credentials",
             "auth = \"negotiate\"\n".to_string(),
             "",
             conf.clone(),
-            vec![],
+            None,
         ),
         (
             "kerberos_clock_skew",
             password_upstream("negotiate"),
             PASSWORD,
             kdc.strict_clock_conf(),
-            vec!["faketime", "+2 hours"],
+            Some("+2h"),
         ),
     ];
     let mut wrong = Vec::new();
-    for (expected, upstream, password, krb5_conf, wrapper) in &cases {
-        let record = failure(
-            &kdc, &squid, &origin, upstream, password, krb5_conf, wrapper,
-        )
-        .await;
+    for (expected, upstream, password, krb5_conf, clock) in &cases {
+        let record = failure(&kdc, &squid, &origin, upstream, password, krb5_conf, *clock).await;
         if record["reason"] != *expected {
             wrong.push(format!("{expected}: got {record}"));
         }

@@ -444,23 +444,15 @@ async fn an_ha_pair_behind_haproxy_survives_losing_one_instance() {
     );
     let cfg_path = dir.path().join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _haproxy = Kill(
+    let _haproxy = passerelle_tests::harness::Reaped::spawn(
         Command::new("haproxy")
             .arg("-db")
             .arg("-f")
             .arg(&cfg_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy runs (scripts/install-test-deps installs it)"),
-    );
+            .stderr(Stdio::null()),
+    )
+    .expect("haproxy runs (scripts/install-test-deps installs it)");
     wait_listening(([127, 0, 0, 1], port).into()).await;
     let front = format!("http://127.0.0.1:{port}");
     let mut ok = 0;

@@ -3,10 +3,10 @@
 //! Counted by nftables in a network namespace of the test's own (the gateway, curl and the
 //! origins on its loopback).
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use passerelle_tests::harness::{passerelle_bin, wait_until_blocking};
+use passerelle_tests::harness::{passerelle_bin, wait_until_blocking, Reaped};
 use passerelle_tests::netns::{self, Netns};
 
 const CONFIG: &str = r#"profile = "none"
@@ -44,20 +44,12 @@ const COUNTERS: &str = r#"table inet qos {
 }
 "#;
 
+/// The processes end (killed and reaped) before the namespace goes: fields drop in order.
 struct Running {
+    gateway: Reaped,
+    _origins: Vec<Reaped>,
     ns: Netns,
-    gateway: Child,
-    origins: Vec<Child>,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for child in std::iter::once(&mut self.gateway).chain(self.origins.iter_mut()) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Running {
@@ -117,7 +109,7 @@ impl Running {
 
 fn start() -> Option<Running> {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        passerelle_tests::harness::skip(&why);
         return None;
     }
     let ns = Netns::new("qos");
@@ -128,30 +120,31 @@ fn start() -> Option<Running> {
     let mut origins = Vec::new();
     for port in ["18001", "18002"] {
         origins.push(
-            ns.command("python3")
-                .args(["-m", "http.server", "--bind", "127.0.0.1", port])
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+            Reaped::spawn(
+                ns.command("python3")
+                    .args(["-m", "http.server", "--bind", "127.0.0.1", port])
+                    .current_dir(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .unwrap(),
         );
     }
     let config = dir.path().join("passerelle.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let gateway = ns
-        .command(passerelle_bin().to_str().unwrap())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("PASSERELLE__AUDIT__SINK", "file")
-        .env("PASSERELLE__AUDIT__PATH", dir.path().join("audit.jsonl"))
-        .stderr(std::fs::File::create(dir.path().join("passerelle.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let gateway = Reaped::spawn(
+        ns.command(passerelle_bin().to_str().unwrap())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("PASSERELLE__AUDIT__SINK", "file")
+            .env("PASSERELLE__AUDIT__PATH", dir.path().join("audit.jsonl"))
+            .stderr(std::fs::File::create(dir.path().join("passerelle.log")).unwrap()),
+    )
+    .unwrap();
     let running = Running {
         ns,
         gateway,
-        origins,
+        _origins: origins,
         dir,
     };
     running.wait_log("listening on", 1);
@@ -206,7 +199,7 @@ fn a_marked_flow_carries_its_dscp_both_ways_and_a_reload_changes_it() {
         format!("{CONFIG}[qos]\ndscp = {{ visio = \"EF\" }}\n"),
     )
     .unwrap();
-    site.ns.sh(&format!("kill -HUP {}", site.gateway.id()));
+    site.ns.sh(&format!("kill -HUP {}", site.gateway.0.id()));
     site.wait_log("reload.accepted", 1);
     site.counted();
     assert_eq!(site.curl(&["-p", "http://visio.test:18001/"]), "200");

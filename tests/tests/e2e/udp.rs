@@ -4,20 +4,21 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use passerelle_tests::harness::{passerelle_bin, passerelle_ok, wait_until_blocking};
+use passerelle_tests::harness::{passerelle_bin, passerelle_ok, wait_until_blocking, Reaped};
 use passerelle_tests::netns::{self, Netns};
 
 /// The workstation, the jump host and the outside, with the ruleset of `config` loaded in
 /// the jump host and echo peers outside.
+/// The echo peer ends before the namespaces go: fields drop in order.
 struct Site {
+    _echo: Reaped,
     ws: Netns,
     jump: Netns,
     out: Netns,
     dir: tempfile::TempDir,
-    echo: Child,
     config: PathBuf,
 }
 
@@ -40,7 +41,7 @@ impl Site {
     /// `None` (said on stderr) where namespaces are not permitted.
     fn build(config: &str) -> Option<Site> {
         if let Some(why) = netns::unavailable() {
-            eprintln!("SKIPPED: {why}");
+            passerelle_tests::harness::skip(&why);
             return None;
         }
         let ws = Netns::new("ws");
@@ -54,22 +55,22 @@ impl Site {
         jump.sh("sysctl -qw net.ipv4.ip_forward=1");
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("echo.log");
-        let mut echo = out
-            .command("python3")
-            .arg(script())
-            .args([
-                "echo",
-                "198.19.0.2:3478",
-                "198.19.0.2:9999",
-                "198.19.0.3:3478",
-            ])
-            .arg(&log)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut echo = Reaped::spawn(
+            out.command("python3")
+                .arg(script())
+                .args([
+                    "echo",
+                    "198.19.0.2:3478",
+                    "198.19.0.2:9999",
+                    "198.19.0.3:3478",
+                ])
+                .arg(&log)
+                .stdout(Stdio::piped()),
+        )
+        .unwrap();
         let mut ready = String::new();
         use std::io::BufRead;
-        std::io::BufReader::new(echo.stdout.take().unwrap())
+        std::io::BufReader::new(echo.0.stdout.take().unwrap())
             .read_line(&mut ready)
             .unwrap();
         assert_eq!(ready.trim(), "ready");
@@ -80,7 +81,7 @@ impl Site {
             jump,
             out,
             dir,
-            echo,
+            _echo: echo,
             config: path,
         };
         site.apply();
@@ -149,14 +150,6 @@ impl Site {
 
     fn echo_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("echo.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = self.echo.kill();
-        let _ = self.echo.wait();
-        let _ = &self.out;
     }
 }
 
@@ -281,21 +274,21 @@ fn the_routed_flows_and_the_refusals_are_audited() {
     );
     let audit = site.dir.path().join("audit.jsonl");
     let log = site.dir.path().join("passerelle.log");
-    let mut gateway = site
-        .jump
-        .command(passerelle_bin().to_str().unwrap())
-        .args(["run", "--config"])
-        .arg(&site.config)
-        .env("PASSERELLE__LISTEN__PROXY", "127.0.0.1:0")
-        .env("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")
-        .env("PASSERELLE__AUDIT__SINK", "file")
-        .env("PASSERELLE__AUDIT__PATH", &audit)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut gateway = Reaped::spawn(
+        site.jump
+            .command(passerelle_bin().to_str().unwrap())
+            .args(["run", "--config"])
+            .arg(&site.config)
+            .env("PASSERELLE__LISTEN__PROXY", "127.0.0.1:0")
+            .env("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")
+            .env("PASSERELLE__AUDIT__SINK", "file")
+            .env("PASSERELLE__AUDIT__PATH", &audit)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
     wait_until_blocking(Duration::from_secs(30), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Ok(Some(status)) = gateway.try_wait() {
+        if let Ok(Some(status)) = gateway.0.try_wait() {
             panic!("passerelle exited ({status}): {text}");
         }
         match text.contains("listening on") {
@@ -322,8 +315,7 @@ fn the_routed_flows_and_the_refusals_are_audited() {
             && r.iter()
                 .any(|e| e["decision"] == "deny" && e["event"] == "udp")
     });
-    let _ = gateway.kill();
-    let _ = gateway.wait();
+    drop(gateway);
     let flow = all.iter().find(|e| e["decision"] == "allow").unwrap();
     assert_eq!(flow["scheme"], "udp");
     assert_eq!(flow["client"], "198.18.0.2:40100");
