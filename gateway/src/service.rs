@@ -341,7 +341,7 @@ async fn send_direct(
     let http_error = |source| exchange_error(Hop::Origin, origin.clone(), source);
     let bound = runtime.timeouts(flow).response;
     let mut request = (parts, body);
-    if let Some(mut sender) = shared.origins.checkout(&key) {
+    if let Some(mut sender) = shared.origins.checkout(&key).await {
         let (parts, body) = request;
         let resend = (is_safe(&parts.method) && body.is_end_stream()).then(|| parts.clone());
         let sent = sender.try_send_request(Request::from_parts(parts, body));

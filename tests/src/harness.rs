@@ -66,6 +66,15 @@ impl TestGateway {
         .await
     }
 
+    /// The record of the request curl made (by its `X-Passerelle-Request-Id`), waiting
+    /// (bounded) for it to be written: never an older record of the same host.
+    pub async fn record_of(&self, answer: &Curl) -> Value {
+        let id = answer
+            .request_id()
+            .unwrap_or_else(|| panic!("no X-Passerelle-Request-Id in the answer: {answer:?}"));
+        record_with_id(&self.audit_path, &id).await
+    }
+
     /// The `n`-th record (1-based) for `host`, waiting (bounded) for it to be written.
     pub async fn nth_record_for(&self, host: &str, n: usize) -> Value {
         wait_until(Duration::from_secs(10), || async {
@@ -122,6 +131,17 @@ pub fn load_config(
     passerelle_config::load_str(Some(toml), None, &vars)
 }
 
+/// Waits (bounded) for the record with request id `id` in the audit file at `path`.
+pub async fn record_with_id(path: &Path, id: &str) -> Value {
+    wait_until(Duration::from_secs(10), || async {
+        read_audit(path)
+            .into_iter()
+            .find(|r| r["id"] == id)
+            .ok_or_else(|| format!("no audit record with id {id}"))
+    })
+    .await
+}
+
 /// Waits (bounded) until the audit file at `path` holds at least `n` records.
 pub async fn wait_records(path: &Path, n: usize) -> Vec<Value> {
     wait_until(Duration::from_secs(20), || async {
@@ -170,10 +190,28 @@ pub struct Curl {
     pub body: String,
     pub stderr: String,
     pub exit: i32,
+    /// Every response head curl received, the proxy's answer to CONNECT included.
+    pub heads: String,
 }
 
-/// Runs curl with `args` (always bounded by --max-time), capturing body and codes.
+impl Curl {
+    /// The gateway's request id (`X-Passerelle-Request-Id`) of the last answer that carried
+    /// one: the forwarded answer, or the answer to CONNECT.
+    pub fn request_id(&self) -> Option<String> {
+        self.heads
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("x-passerelle-request-id")
+                    .then(|| value.trim().to_string())
+            })
+            .next_back()
+    }
+}
+
+/// Runs curl with `args` (always bounded by --max-time), capturing body, codes and heads.
 pub async fn curl(args: &[&str]) -> Curl {
+    let heads = tempfile::NamedTempFile::new().expect("a temporary file");
     let out = tokio::process::Command::new("curl")
         .env_remove("http_proxy")
         .env_remove("HTTP_PROXY")
@@ -183,6 +221,8 @@ pub async fn curl(args: &[&str]) -> Curl {
         .env_remove("ALL_PROXY")
         .args([
             "-q",
+            "-D",
+            heads.path().to_str().expect("a UTF-8 temporary path"),
             "-sS",
             "--max-time",
             "60",
@@ -203,6 +243,7 @@ pub async fn curl(args: &[&str]) -> Curl {
         body: body.to_string(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         exit: out.status.code().unwrap_or(-1),
+        heads: std::fs::read_to_string(heads.path()).unwrap_or_default(),
     }
 }
 
@@ -270,6 +311,15 @@ pub fn passerelle_bin() -> PathBuf {
         assert!(status.success(), "building the passerelle binary failed");
     });
     bin
+}
+
+/// `io` (a read from a socket, say), failing the test when it has not finished within 30 s: a
+/// peer that stops answering fails the test with a message instead of hanging the suite.
+pub async fn bounded<F: std::future::Future>(io: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(30), io).await {
+        Ok(out) => out,
+        Err(_) => panic!("no answer within 30 s"),
+    }
 }
 
 /// How often a wait looks again at what it waits for.
@@ -367,6 +417,46 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     })
     .await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends `request` `n` times on one connection, all at once (pipelined), and returns the
+/// statuses of the answers in order: `n` requests within a few milliseconds whatever the
+/// machine's load (the rate-limit tests need that, where separate curl runs take a second).
+/// Each answer must say its `Content-Length`, as the gateway's own do.
+pub async fn pipelined_statuses(addr: SocketAddr, request: &[u8], n: usize) -> Vec<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&request.repeat(n)).await.unwrap();
+    let mut data = Vec::new();
+    let mut statuses = Vec::new();
+    let mut buf = [0u8; 16384];
+    while statuses.len() < n {
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let read = bounded(s.read(&mut buf)).await.unwrap();
+            assert!(
+                read > 0,
+                "closed after {} answers: {statuses:?}",
+                statuses.len()
+            );
+            data.extend_from_slice(&buf[..read]);
+            continue;
+        };
+        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("an answer with its content-length");
+        if data.len() < end + 4 + length {
+            let read = bounded(s.read(&mut buf)).await.unwrap();
+            assert!(read > 0, "closed inside an answer");
+            data.extend_from_slice(&buf[..read]);
+            continue;
+        }
+        statuses.push(head[9..12].parse().expect("a status"));
+        data.drain(..end + 4 + length);
+    }
+    statuses
 }
 
 /// The binary, with its config file and audit file in `dir`, listening on a fresh port. It runs

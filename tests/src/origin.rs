@@ -241,6 +241,7 @@ impl Body for Pattern {
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     pub ca_pem: PathBuf,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TlsOrigin {
@@ -262,8 +263,11 @@ impl TlsOrigin {
             .await
             .expect("bind TLS origin");
         let addr = listener.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
@@ -280,7 +284,16 @@ impl TlsOrigin {
                 });
             }
         });
-        TlsOrigin { addr, ca_pem }
+        TlsOrigin {
+            addr,
+            ca_pem,
+            accepted,
+        }
+    }
+
+    /// TCP connections accepted so far: which peer a tunnel reached.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -27,7 +27,8 @@ impl NtlmParent {
         map: &[(&str, SocketAddr)],
         offer_basic: bool,
     ) -> NtlmParent {
-        NtlmParent::start_on(free_port(), users, map, offer_basic).await
+        let flags: &[&str] = if offer_basic { &["--offer-basic"] } else { &[] };
+        NtlmParent::start_with(users, map, flags).await
     }
 
     /// [`NtlmParent::start`] with extra command-line flags (faults to inject).
@@ -36,7 +37,14 @@ impl NtlmParent {
         map: &[(&str, SocketAddr)],
         flags: &[&str],
     ) -> NtlmParent {
-        NtlmParent::launch(free_port(), users, map, flags).await
+        // A free port can be taken by another test's process before the parent binds it:
+        // then another port.
+        for _ in 0..3 {
+            if let Some(parent) = NtlmParent::launch(free_port(), users, map, flags).await {
+                return parent;
+            }
+        }
+        panic!("the NTLM parent could not bind a port in three attempts");
     }
 
     /// [`NtlmParent::start`] on a given port (to bring a parent back where it was).
@@ -47,15 +55,18 @@ impl NtlmParent {
         offer_basic: bool,
     ) -> NtlmParent {
         let flags: &[&str] = if offer_basic { &["--offer-basic"] } else { &[] };
-        NtlmParent::launch(port, users, map, flags).await
+        NtlmParent::launch(port, users, map, flags)
+            .await
+            .unwrap_or_else(|| panic!("the NTLM parent could not bind port {port}"))
     }
 
+    /// `None` when the parent exited before listening (its port was taken).
     async fn launch(
         port: u16,
         users: &[(&str, &str, &str)],
         map: &[(&str, SocketAddr)],
         flags: &[&str],
-    ) -> NtlmParent {
+    ) -> Option<NtlmParent> {
         let dir = tempfile::tempdir().expect("temp dir");
         let users_file = dir.path().join("users");
         let lines: Vec<String> = users
@@ -82,27 +93,26 @@ impl NtlmParent {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         // Ready when it logged that it listens (it binds before it logs): a connection that
         // succeeds could reach another test's process on that port.
-        wait_until(Duration::from_secs(20), || {
+        let listening = wait_until(Duration::from_secs(20), || {
             let started = std::fs::read_to_string(&log)
                 .unwrap_or_default()
                 .contains("\"listening\"");
-            if let Ok(Some(status)) = child.0.try_wait() {
-                panic!("the NTLM parent exited ({status}) on port {port}");
-            }
+            let exited = matches!(child.0.try_wait(), Ok(Some(_)));
             async move {
-                match started {
-                    true => Ok(()),
-                    false => Err("the NTLM parent did not start".to_string()),
+                match (started, exited) {
+                    (true, _) => Ok(true),
+                    (false, true) => Ok(false),
+                    (false, false) => Err("the NTLM parent did not start".to_string()),
                 }
             }
         })
         .await;
-        NtlmParent {
+        listening.then(|| NtlmParent {
             addr,
             log,
             _dir: dir,
             _child: child,
-        }
+        })
     }
 
     pub fn url(&self) -> String {

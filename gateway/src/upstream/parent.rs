@@ -36,6 +36,10 @@ use crate::pool::Pool;
 /// then, so that nothing queues behind a slow answer.
 const VERDICT_WINDOW: Duration = Duration::from_secs(1);
 
+/// How long a forwarded request waits for a pooled parent connection whose previous exchange
+/// is ending, rather than opening (and authenticating) another.
+const RETURNING_WAIT: Duration = Duration::from_millis(50);
+
 /// Legs before a handshake is declared endless (NTLM needs three, Negotiate one or two).
 const MAX_LEGS: usize = 5;
 
@@ -120,7 +124,7 @@ impl Parent {
                     settings.down_cooldown,
                 ),
                 demand: Mutex::new(Demand::Unknown),
-                pool: Pool::new(),
+                pool: Pool::waiting(RETURNING_WAIT),
                 negotiator: settings.kerberos.as_ref().map(|k| {
                     let source = match &k.source {
                         KerberosSource::Keytab(path) => {
@@ -378,7 +382,7 @@ impl Parent {
     ) -> Result<Response<Incoming>, UpstreamError> {
         self.check_backoff()?;
         let mode = self.mode_for(flow);
-        while let Some(conn) = self.learnt.pool.checkout(&()) {
+        while let Some(conn) = self.learnt.pool.checkout(&()).await {
             match self.send_pooled(conn, req, mode, timeouts).await {
                 Pooled::Answered(resp) => return Ok(resp),
                 Pooled::Stale => continue,

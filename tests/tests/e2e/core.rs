@@ -34,7 +34,7 @@ async fn forwards_a_get_and_audits_it() {
     );
     assert_eq!(seen["headers"]["host"][0], "origin.test");
     assert_eq!(seen["headers"]["via"][0], "1.1 passerelle");
-    let rec = gw.record_for("origin.test").await;
+    let rec = gw.record_of(&r).await;
     assert_eq!(rec["decision"], "allow");
     assert_eq!(rec["flow"], "test-origin");
     assert_eq!(rec["route"], "direct");
@@ -88,7 +88,7 @@ async fn post_and_chunked_upload_bodies_arrive_intact() {
         format!("{:016x}", fnv1a(&data, FNV_OFFSET))
     );
     assert_eq!(seen["headers"]["transfer-encoding"][0], "chunked");
-    let rec = gw.record_for("origin.test").await;
+    let rec = gw.record_of(&r).await;
     assert_eq!(rec["bytes_up"], 3_000_000);
 }
 
@@ -199,7 +199,7 @@ async fn connect_tunnels_tls_to_the_covotem_server() {
     .await;
     assert_eq!((r.connect_status, r.status), (200, 200), "{r:?}");
     assert_eq!(r.body, "hello over TLS from covotem.esante-centre.fr\n");
-    let rec = gw.record_for("covotem.esante-centre.fr").await;
+    let rec = gw.record_of(&r).await;
     assert_eq!(rec["flow"], "tlm-prod");
     assert_eq!(rec["method"], "CONNECT");
     assert_eq!(rec["status"], 200);
@@ -208,7 +208,14 @@ async fn connect_tunnels_tls_to_the_covotem_server() {
     assert_eq!(rec["reason"], Value::Null, "{rec}");
 }
 
-async fn assert_denied(gw: &TestGateway, url: &str, connect: bool, reason: &str, body_part: &str) {
+/// Asserts the refusal of `url` and returns its record.
+async fn assert_denied(
+    gw: &TestGateway,
+    url: &str,
+    connect: bool,
+    reason: &str,
+    body_part: &str,
+) -> Value {
     let r = curl(&["-x", &gw.proxy(), url]).await;
     let status = if connect { r.connect_status } else { r.status };
     assert_eq!(status, 403, "{url}: {r:?}");
@@ -219,17 +226,11 @@ async fn assert_denied(gw: &TestGateway, url: &str, connect: bool, reason: &str,
             r.body
         );
     }
-    let host = url
-        .split("://")
-        .nth(1)
-        .unwrap()
-        .split([':', '/'])
-        .next()
-        .unwrap();
-    let rec = gw.record_for(host).await;
+    let rec = gw.record_of(&r).await;
     assert_eq!(rec["decision"], "deny", "{rec}");
     assert_eq!(rec["reason"], reason, "{rec}");
     assert_eq!(rec["status"], 403, "{rec}");
+    rec
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,7 +253,7 @@ async fn denials_say_why() {
         "port 22 is not open for flow tlm-prod",
     )
     .await;
-    assert_denied(
+    let rec = assert_denied(
         &gw,
         "http://covotem-preprod.esante-centre.fr/",
         false,
@@ -260,7 +261,6 @@ async fn denials_say_why() {
         "flow tlm-preprod belongs to the preprod environment",
     )
     .await;
-    let rec = gw.record_for("covotem-preprod.esante-centre.fr").await;
     assert_eq!(
         rec["flow"], "tlm-preprod",
         "the partially matching flow is named"
@@ -309,10 +309,7 @@ async fn an_allowed_name_resolving_to_loopback_is_refused_without_allow_private(
         "{}",
         r.body
     );
-    assert_eq!(
-        gw.record_for("localhost").await["reason"],
-        "internal_address"
-    );
+    assert_eq!(gw.record_of(&r).await["reason"], "internal_address");
     assert_eq!(origin.connections(), 0, "the origin was reached");
 
     let gw = TestGateway::start(&format!("{flow}allow_private = true\n")).await;
@@ -435,7 +432,7 @@ async fn connect_failures_name_the_hop() {
         "{}",
         r.body
     );
-    let rec = gw.record_for("down.test").await;
+    let rec = gw.record_of(&r).await;
     assert_eq!(
         (rec["reason"].as_str(), rec["status"].as_u64()),
         (Some("connect_failed"), Some(502))
@@ -466,6 +463,7 @@ async fn shutdown_lets_a_download_in_flight_finish_and_writes_every_record() {
         1,
         "the download never started"
     );
+    let stopping = std::time::SystemTime::now();
     let records = gw.stop().await;
     let r = download.await.unwrap();
     assert_eq!((r.status, r.exit), (200, 0), "{r:?}");
@@ -475,6 +473,13 @@ async fn shutdown_lets_a_download_in_flight_finish_and_writes_every_record() {
         .expect("the record of the download");
     assert_eq!(rec["bytes_down"], 10 * 1024);
     assert_eq!(rec["reason"], Value::Null, "{rec}");
+    // It was in flight when the stop began: it ended after it (one second at 1 KiB per 100 ms).
+    let start = humantime::parse_rfc3339(rec["ts"].as_str().unwrap()).unwrap();
+    let end = start + Duration::from_millis(rec["duration_ms"].as_u64().unwrap());
+    assert!(
+        end > stopping,
+        "the download had ended before the stop: {rec}"
+    );
 }
 
 async fn read_head(s: &mut TcpStream) -> String {
@@ -497,13 +502,10 @@ async fn read_head(s: &mut TcpStream) -> String {
 async fn refusal_pages_a_person_can_act_on() {
     let gw =
         TestGateway::start("[pages]\ncontact = \"Service informatique, poste <1234>\"\n").await;
-    let headers_of = |r: &passerelle_tests::harness::Curl| r.body.clone();
     // A browser in English: an HTML page, its id the audit's, nothing loaded from outside.
     let page = curl(&[
         "-x",
         &gw.proxy(),
-        "-D",
-        "-",
         "-H",
         "Accept: text/html,application/xhtml+xml",
         "-H",
@@ -511,15 +513,10 @@ async fn refusal_pages_a_person_can_act_on() {
         "http://evil.example/it's&more",
     ])
     .await;
-    let text = headers_of(&page);
+    let text = page.body.clone();
     assert_eq!(page.status, 403, "{page:?}");
-    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
-    let id = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-passerelle-request-id: "))
-        .expect("the request id header")
-        .trim()
-        .to_string();
+    let head = page.heads.to_ascii_lowercase();
+    let id = page.request_id().expect("the request id header");
     assert!(head.contains("content-type: text/html"), "{head}");
     assert!(
         head.contains("content-security-policy: default-src 'none'"),
@@ -535,8 +532,8 @@ async fn refusal_pages_a_person_can_act_on() {
         "{text}"
     );
     assert!(text.contains("it&#39;s&amp;more"), "unescaped: {text}");
-    let record = gw.record_for("evil.example").await;
-    assert_eq!(record["id"], id.as_str());
+    let record = gw.record_of(&page).await;
+    assert_eq!(record["reason"], "no_flow");
     // curl, no Accept: plain text, in the configured language (French), the technical line
     // first.
     let plain = curl(&["-x", &gw.proxy(), "http://evil.example/"]).await;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use passerelle_tests::harness::{
-    curl, raw_exchange, read_audit, wait_metric, Running, TestGateway,
+    curl, raw_exchange, read_audit, wait_metric, wait_until, Running, TestGateway,
 };
 use passerelle_tests::origin::HttpOrigin;
 use serde_json::Value;
@@ -119,23 +119,27 @@ async fn a_stalled_sink_makes_requests_wait_and_loses_nothing() {
 async fn on_full_drop_answers_everyone_and_leaves_a_visible_gap() {
     let (gw, reader, _dir) = gateway_on_a_stalled_fifo("drop").await;
     let answered = fire(&gw);
-    for _ in 0..600 {
-        if answered.load(Ordering::SeqCst) == REQUESTS {
-            break;
+    wait_until(Duration::from_secs(30), || async {
+        match answered.load(Ordering::SeqCst) {
+            REQUESTS => Ok(()),
+            n => Err(format!(
+                "{n} of {REQUESTS} answered: requests waited despite on_full = drop"
+            )),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        answered.load(Ordering::SeqCst),
-        REQUESTS,
-        "requests waited despite on_full = drop"
-    );
-    // Stopping writes what was kept; the reader takes it.
-    tokio::spawn(async move { gw.stop().await });
+    })
+    .await;
+    // Stopping writes what was kept (the stop ends only once the writer has written it all,
+    // which the reader takes).
+    let stopping = tokio::spawn(async move { gw.shutdown().await });
     let records =
         tokio::task::spawn_blocking(move || drain(reader, REQUESTS, Duration::from_secs(10)))
             .await
             .unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), stopping).await;
+    assert!(
+        matches!(stopped, Ok(Ok(_))),
+        "the gateway did not stop cleanly: {stopped:?}"
+    );
     assert!(records.len() < REQUESTS, "nothing was dropped");
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
@@ -159,14 +163,15 @@ async fn sigterm_with_requests_in_flight_loses_no_record() {
                 &proxy,
                 "-o",
                 "/dev/null",
-                &format!("http://site.test/slow/8?n={i}"),
+                &format!("http://site.test/slow/20?n={i}"),
             ])
             .await
         }));
     }
-    // Every download has reached the origin (is in flight) before the stop.
+    // Every download has reached the origin before the stop; each takes two seconds.
     let seen = origin.wait_seen(40).await;
     assert_eq!(seen.len(), 40, "not every download reached the origin");
+    let signalled = std::time::SystemTime::now();
     gw.signal("TERM");
     let mut finished = 0;
     for d in downloads {
@@ -180,13 +185,25 @@ async fn sigterm_with_requests_in_flight_loses_no_record() {
     assert_eq!(finished, 40, "requests in flight were cut");
     let records: Vec<Value> = read_audit(&audit)
         .into_iter()
-        .filter(|r| r["path"] == "/slow/8")
+        .filter(|r| r["path"] == "/slow/20")
         .collect();
     assert_eq!(records.len(), 40, "records lost at shutdown");
     assert!(
         records
             .iter()
-            .all(|r| r["bytes_down"] == 8 * 1024 && r["reason"].is_null()),
+            .all(|r| r["bytes_down"] == 20 * 1024 && r["reason"].is_null()),
         "{records:?}"
+    );
+    // The stop met them in flight: they ended after the signal (start + duration).
+    let in_flight = records
+        .iter()
+        .filter(|r| {
+            let start = humantime::parse_rfc3339(r["ts"].as_str().unwrap()).unwrap();
+            start + Duration::from_millis(r["duration_ms"].as_u64().unwrap()) > signalled
+        })
+        .count();
+    assert!(
+        in_flight >= 20,
+        "only {in_flight} of 40 downloads were still in flight at SIGTERM"
     );
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use passerelle_tests::browser;
 use passerelle_tests::harness::{
-    curl, free_port, passerelle_bin, passerelle_ok, raw_exchange, read_audit, wait_listening,
-    wait_until, Running, TestGateway,
+    bounded, curl, free_port, passerelle_bin, passerelle_ok, raw_exchange, read_audit,
+    wait_listening, wait_until, Running, TestGateway,
 };
 use passerelle_tests::origin::{closed_port, HttpOrigin, TlsOrigin};
 use passerelle_tests::peers::NtlmParent;
@@ -809,7 +809,7 @@ async fn doctor_says_a_dead_resolver_once_and_an_unchecked_clock_as_such() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         while let Ok((mut s, _)) = listener.accept().await {
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
+            let _ = bounded(s.read(&mut buf)).await;
             let _ = s
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                 .await;
@@ -895,6 +895,22 @@ async fn the_audit_chain_runs_across_restarts_and_shows_tampering() {
     let (code, verdict) = verify(Some(&key));
     assert_eq!(code, Some(0), "{verdict}");
     assert_eq!(verdict["records"], 4);
+    // The chain as written follows the README's arithmetic, redone by Python's hashlib/hmac.
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/audit");
+    let independent = Command::new("python3")
+        .arg(vectors.join("make-vectors.py"))
+        .arg("--verify")
+        .arg(&audit)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        independent.status.success(),
+        "Python's HMAC-SHA-256 does not follow the chain: {}",
+        String::from_utf8_lossy(&independent.stdout)
+    );
+    assert!(String::from_utf8_lossy(&independent.stdout).contains("4 records follow"));
     // Without the key, a keyed chain does not verify: forging it needs the key.
     assert_eq!(verify(None).0, Some(1));
     // An edited record is named, with its line.
@@ -917,6 +933,58 @@ async fn the_audit_chain_runs_across_restarts_and_shows_tampering() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("AUDIT CHAIN BROKEN at "), "{text}");
+}
+
+/// Chains computed by Python's hashlib and hmac from the README's description
+/// (`tests/data/audit/make-vectors.py`), kept as test data: `audit verify` finds them intact,
+/// the keyed one only with its key, and names the record a test edits.
+#[test]
+fn chains_computed_elsewhere_verify() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/audit");
+    let verify = |file: &Path, key: Option<&Path>| {
+        let mut cmd = Command::new(passerelle_bin());
+        cmd.args(["audit", "verify", "--json"]).arg(file);
+        if let Some(key) = key {
+            cmd.arg("--key-file").arg(key);
+        }
+        let out = cmd.output().unwrap();
+        let verdict: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), verdict)
+    };
+    let plain = data.join("chain-sha256.jsonl");
+    let keyed = data.join("chain-hmac.jsonl");
+    let key = data.join("chain.key");
+    let (code, verdict) = verify(&plain, None);
+    assert_eq!(
+        (code, verdict["records"].as_u64()),
+        (Some(0), Some(4)),
+        "{verdict}"
+    );
+    let (code, verdict) = verify(&keyed, Some(&key));
+    assert_eq!(
+        (code, verdict["records"].as_u64()),
+        (Some(0), Some(4)),
+        "{verdict}"
+    );
+    assert_eq!(
+        verify(&keyed, None).0,
+        Some(1),
+        "a keyed chain verified without its key"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let edited = dir.path().join("edited.jsonl");
+    let text = std::fs::read_to_string(&plain).unwrap();
+    assert!(text.contains("\"bytes_down\":53211"));
+    std::fs::write(
+        &edited,
+        text.replacen("\"bytes_down\":53211", "\"bytes_down\":5321", 1),
+    )
+    .unwrap();
+    let (code, verdict) = verify(&edited, None);
+    assert_eq!(code, Some(1));
+    assert_eq!(verdict["problem"]["kind"], "edited", "{verdict}");
+    assert_eq!(verdict["problem"]["seq"], 2, "{verdict}");
 }
 
 /// The status page, opened in Chromium as an administrator would: the scripts ran under the
@@ -1051,7 +1119,7 @@ async fn the_capacity_view_follows_the_visios_and_the_throughput() {
             .await
             .unwrap();
         let mut head = [0u8; 64];
-        let n = s.read(&mut head).await.unwrap();
+        let n = bounded(s.read(&mut head)).await.unwrap();
         assert!(
             head[..n].starts_with(b"HTTP/1.1 200"),
             "{:?}",
@@ -1079,7 +1147,7 @@ async fn the_capacity_view_follows_the_visios_and_the_throughput() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    s.read_to_end(&mut got).await.unwrap();
+    bounded(s.read_to_end(&mut got)).await.unwrap();
     assert!(got.len() > 1_048_576);
     let series = "passerelle_flow_throughput_bits_per_second{flow=\"media\",direction=\"down\"}";
     let shown = wait_until(Duration::from_secs(20), || async {

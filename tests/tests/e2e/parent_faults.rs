@@ -146,7 +146,9 @@ async fn a_slow_answer_through_two_parents_is_answered_once() {
     let config = through_parents(
         &origin,
         &[first.url(), second.url()],
-        "[limits]\nconnect_timeout = \"1s\"\n",
+        // Long enough for the Python parent's NTLM legs on a loaded machine; the answers below
+        // take longer.
+        "[limits]\nconnect_timeout = \"2s\"\n",
     );
     let gw = TestGateway::start_with_env(
         &config,
@@ -156,7 +158,7 @@ async fn a_slow_answer_through_two_parents_is_answered_once() {
     let admin = format!("http://{}", gw.gateway().admin_addr().unwrap());
     let base = format!("http://origin.test:{}", origin.addr.port());
     // Slower than the connect timeout, on a fresh parent connection, then on a pooled one.
-    for path in ["/delay/2500", "/delay/2600"] {
+    for path in ["/delay/3000", "/delay/3100"] {
         let r = curl(&["-x", &gw.proxy(), &format!("{base}{path}")]).await;
         assert_eq!(r.status, 200, "{path}: {r:?}");
         assert_eq!(
@@ -170,12 +172,12 @@ async fn a_slow_answer_through_two_parents_is_answered_once() {
         &gw.proxy(),
         "-d",
         "once",
-        &format!("{base}/delay/2700"),
+        &format!("{base}/delay/3200"),
     ])
     .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
-        origin.seen_for("/delay/2700").len(),
+        origin.seen_for("/delay/3200").len(),
         1,
         "a slow POST was sent twice"
     );
