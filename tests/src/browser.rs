@@ -33,6 +33,26 @@ pub async fn render(url: &str, lang: &str) -> Rendered {
     }
 }
 
+/// Loads the page at `page` (a `file://` URL whose images name the URLs to try) with the proxy
+/// configuration of the PAC file at `pac_url`, names resolved only as `resolver_rules` say
+/// (`--host-resolver-rules`), and Chromium's net log written to `net_log`: the browser's own PAC
+/// engine decides each request, the log names every host it resolved.
+pub async fn load_with_pac(page: &str, pac_url: &str, resolver_rules: &str, net_log: &Path) {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let status = chromium_with(profile.path(), "en", false)
+        .arg(format!("--proxy-pac-url={pac_url}"))
+        .arg(format!("--host-resolver-rules={resolver_rules}"))
+        .arg(format!("--log-net-log={}", net_log.display()))
+        .arg("--dump-dom")
+        .arg(page)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("chromium runs");
+    assert!(status.success(), "chromium failed: {status}");
+}
+
 /// Saves a PNG of `url` at 1280×900 to `png`.
 pub async fn screenshot(url: &str, lang: &str, png: &Path) {
     let profile = tempfile::tempdir().expect("profile dir");
@@ -47,6 +67,11 @@ pub async fn screenshot(url: &str, lang: &str, png: &Path) {
 }
 
 fn chromium(profile: &Path, lang: &str) -> tokio::process::Command {
+    chromium_with(profile, lang, true)
+}
+
+/// Headless Chromium, bounded to a minute; `no_proxy`: no proxy at all (else the caller says).
+fn chromium_with(profile: &Path, lang: &str, no_proxy: bool) -> tokio::process::Command {
     let mut command = tokio::process::Command::new("timeout");
     command
         .args([
@@ -62,9 +87,9 @@ fn chromium(profile: &Path, lang: &str) -> tokio::process::Command {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--no-proxy-server",
             "--virtual-time-budget=3000",
         ])
+        .args(no_proxy.then_some("--no-proxy-server"))
         .arg(format!("--lang={lang}"))
         .arg(format!("--accept-lang={lang}"))
         .arg(format!("--user-data-dir={}", profile.display()))

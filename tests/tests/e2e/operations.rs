@@ -137,78 +137,127 @@ async fn readiness_follows_the_parent() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_pac_file_evaluated_in_node() {
+async fn the_pac_file_evaluated_by_chromium() {
+    // A witness on 127.0.0.1 is both the proxy the PAC names and, through Chromium's resolver
+    // rules, where the names meant to go DIRECT lead: each request's first line says which way
+    // the browser's own PAC engine sent it.
+    let witness = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = witness.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = witness.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = bounded(s.read(&mut buf)).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock().unwrap().push(head);
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
     let (gw, admin) = with_admin(
-        "[pac]\nproxy = \"gw.chu.local:3128\"\ndirect = [\".chu.local\"]\n",
+        &format!("[pac]\nproxy = \"127.0.0.1:{port}\"\ndirect = [\".chu.local\"]\n"),
         &[],
     )
     .await;
-    let pac = curl(&[&format!("{admin}/proxy.pac")]).await;
-    assert_eq!(pac.status, 200);
-    let file = gw.dir.path().join("proxy.pac");
-    std::fs::write(&file, &pac.body).unwrap();
-    let table = [
-        ("http://localhost/", "localhost", "DIRECT"),
-        ("http://127.0.0.1:8080/", "127.0.0.1", "DIRECT"),
-        ("https://intranet/", "intranet", "DIRECT"),
-        ("http://10.1.2.3/", "10.1.2.3", "DIRECT"),
-        ("http://192.168.0.5/", "192.168.0.5", "DIRECT"),
-        ("http://172.20.0.1/", "172.20.0.1", "DIRECT"),
-        ("http://pacs.chu.local/", "pacs.chu.local", "DIRECT"),
-        (
-            "https://covotem.esante-centre.fr/",
-            "covotem.esante-centre.fr",
-            "PROXY gw.chu.local:3128",
-        ),
-        (
-            "https://www.esante-centre.fr/",
-            "www.esante-centre.fr",
-            "PROXY gw.chu.local:3128",
-        ),
-        (
-            "http://ocsp.sectigo.com/",
-            "ocsp.sectigo.com",
-            "PROXY gw.chu.local:3128",
-        ),
-        (
-            "https://example.com/",
-            "example.com",
-            "PROXY gw.chu.local:3128",
-        ),
-        (
-            "http://164.138.243.158/",
-            "164.138.243.158",
-            "PROXY gw.chu.local:3128",
-        ),
-        (
-            "http://172.32.0.1/",
-            "172.32.0.1",
-            "PROXY gw.chu.local:3128",
-        ),
-        (
-            "http://chu.local.evil.example/",
-            "chu.local.evil.example",
-            "PROXY gw.chu.local:3128",
-        ),
+    // (URL, DIRECT?). Names that go DIRECT lead to the witness; the private addresses can only
+    // be tried where no packet can leave (scripts/test's sandbox).
+    let sandboxed = std::env::var_os("PASSERELLE_SANDBOX").is_some();
+    let mut table = vec![
+        (format!("http://localhost:{port}/localhost"), true),
+        (format!("http://127.0.0.1:{port}/loopback"), true),
+        (format!("http://intranet:{port}/plain-name"), true),
+        (format!("http://pacs.chu.local:{port}/site-direct"), true),
+        ("https://covotem.esante-centre.fr/".to_string(), false),
+        ("https://www.esante-centre.fr/".to_string(), false),
+        ("http://ocsp.sectigo.com/ocsp".to_string(), false),
+        ("https://example.com/".to_string(), false),
+        ("http://164.138.243.158/documented-ip".to_string(), false),
+        ("http://172.32.0.1/not-private".to_string(), false),
+        ("http://chu.local.evil.example/lookalike".to_string(), false),
     ];
-    let cases: Vec<(&str, &str)> = table.iter().map(|(u, h, _)| (*u, *h)).collect();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("js/pac_eval.js");
-    let out = Command::new("node")
-        .arg(script)
-        .arg(&file)
-        .arg(serde_json::to_string(&cases).unwrap())
-        .output()
-        .expect("node runs");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        pac.body
-    );
-    let results: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
-    for ((url, _, expected), got) in table.iter().zip(&results) {
-        assert_eq!(got, expected, "{url}\n{}", pac.body);
+    if sandboxed {
+        for ip in ["10.1.2.3", "192.168.0.5", "172.20.0.1"] {
+            table.push((format!("http://{ip}/private"), true));
+        }
     }
+    let page = gw.dir.path().join("page.html");
+    let images: String = table
+        .iter()
+        .map(|(url, _)| format!("<img src=\"{url}\">\n"))
+        .collect();
+    std::fs::write(
+        &page,
+        format!("<!doctype html><title>pac</title>\n{images}"),
+    )
+    .unwrap();
+    let net_log = gw.dir.path().join("netlog.json");
+    let rules = format!(
+        "MAP intranet 127.0.0.1:{port}, MAP pacs.chu.local 127.0.0.1:{port}, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"
+    );
+    browser::load_with_pac(
+        &format!("file://{}", page.display()),
+        &format!("{admin}/proxy.pac"),
+        &rules,
+        &net_log,
+    )
+    .await;
+    let heads = seen.lock().unwrap().clone();
+    // A PAC that resolves names (dnsResolve, or isInNet given a name) makes the browser ask its
+    // resolver for an IPv4 address (an "A" request); loading pages asks for any family.
+    let net_log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&net_log).unwrap()).unwrap();
+    let resolver_request = &net_log["constants"]["logEventTypes"]["HOST_RESOLVER_MANAGER_REQUEST"];
+    assert!(
+        resolver_request.is_u64(),
+        "Chromium's net log changed its event names"
+    );
+    let pac_lookups: Vec<&serde_json::Value> = net_log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| &e["type"] == resolver_request && e["params"]["dns_query_type"] == "A")
+        .collect();
+    let pac = curl(&[&format!("{admin}/proxy.pac")]).await.body;
+    for (url, direct) in &table {
+        let rest = url.split_once("://").unwrap().1;
+        let (host, path) = rest.split_once('/').unwrap();
+        let host_only = host.split(':').next().unwrap();
+        let path = format!("/{path}");
+        let proxied = heads.iter().any(|h| {
+            h.starts_with(&format!("GET {url} "))
+                || h.starts_with(&format!("CONNECT {host_only}:443 "))
+        });
+        let origin_form = heads.iter().any(|h| h.starts_with(&format!("GET {path} ")));
+        if *direct {
+            assert!(
+                !proxied,
+                "{url} went to the proxy; PAC:\n{pac}\nseen: {heads:#?}"
+            );
+            if !url.starts_with("http://1") {
+                assert!(
+                    origin_form,
+                    "{url} did not go DIRECT; PAC:\n{pac}\nseen: {heads:#?}"
+                );
+            }
+        } else {
+            assert!(
+                proxied,
+                "{url} did not go to the proxy; PAC:\n{pac}\nseen: {heads:#?}"
+            );
+        }
+    }
+    assert!(
+        pac_lookups.is_empty(),
+        "the PAC made the workstation resolve names: {pac_lookups:#?}\n{pac}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,15 +370,50 @@ async fn syslog_over_udp_loopback() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigusr1_reopens_the_audit_file_for_logrotate() {
+async fn logrotate_with_the_shipped_snippet_rotates_the_audit() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Running::start(dir.path(), "").await;
     let audit = gw.audit.clone();
     curl(&["-x", &gw.proxy(), "http://first.example/"]).await;
     passerelle_tests::harness::wait_records(&audit, 1).await;
+    // logrotate itself, with deploy/logrotate/passerelle: this test's file, and its
+    // postrotate signalling this process instead of the systemd unit.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/logrotate/passerelle"),
+    )
+    .unwrap();
+    assert!(
+        shipped.contains("/var/log/passerelle/audit.jsonl {"),
+        "{shipped}"
+    );
+    let snippet = shipped
+        .replace(
+            "/var/log/passerelle/audit.jsonl",
+            &audit.display().to_string(),
+        )
+        .replace(
+            "systemctl kill --kill-whom=main --signal=SIGUSR1 passerelle.service",
+            &format!("kill -USR1 {}", gw.pid()),
+        );
+    let conf = dir.path().join("logrotate.conf");
+    std::fs::write(&conf, snippet).unwrap();
+    let rotate = Command::new("logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(dir.path().join("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("logrotate runs (scripts/install-test-deps installs it)");
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
     let rotated = dir.path().join("audit.jsonl.1");
-    std::fs::rename(&audit, &rotated).unwrap();
-    gw.signal("USR1");
+    assert!(
+        rotated.exists(),
+        "logrotate did not rotate (delaycompress keeps .1 plain)"
+    );
     // The new file begins with the writer's rotate record.
     wait_until(Duration::from_secs(10), || async {
         match passerelle_tests::harness::read_audit_all(&audit).is_empty() {

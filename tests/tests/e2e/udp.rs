@@ -90,12 +90,19 @@ impl Site {
 
     /// Renders the ruleset and loads it in the jump host.
     fn apply(&self) {
+        self.apply_with(&[]);
+    }
+
+    /// Renders the ruleset with `extra` arguments (`--input`) and loads it in the jump host.
+    fn apply_with(&self, extra: &[&str]) {
         let rules = self.dir.path().join("passerelle.nft");
-        let out = passerelle_ok([
+        let mut args = vec![
             OsStr::new("firewall"),
             OsStr::new("--config"),
             self.config.as_os_str(),
-        ]);
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let out = passerelle_ok(args);
         std::fs::write(&rules, &out.stdout).unwrap();
         self.jump.sh(&format!("nft -f {}", rules.display()));
     }
@@ -258,6 +265,85 @@ fn the_ruleset_routes_exactly_the_udp_flows_and_survives_reapplying() {
     );
 }
 
+/// `firewall --input` loaded into nftables in the jump host: the proxy port answers the
+/// workstations of `clients.allow` only, the admin port the addresses of `admin.allow` only.
+#[test]
+fn the_input_rules_admit_the_workstations_to_the_proxy_and_the_admins_to_the_admin_port() {
+    let config = format!(
+        "{CONFIG}[listen]\nproxy = [\"198.18.0.1:3128\"]\nadmin = \"198.18.0.1:9090\"\n\
+         [admin]\nallow = [\"198.18.0.66/32\"]\n"
+    );
+    let Some(site) = Site::build(&config) else {
+        return;
+    };
+    let log = site.dir.path().join("passerelle.log");
+    let mut gateway = Reaped::spawn(
+        site.jump
+            .command(passerelle_bin().to_str().unwrap())
+            .args(["run", "--config"])
+            .arg(&site.config)
+            .env("PASSERELLE__AUDIT__SINK", "file")
+            .env(
+                "PASSERELLE__AUDIT__PATH",
+                site.dir.path().join("audit.jsonl"),
+            )
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
+    wait_until_blocking(Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Ok(Some(status)) = gateway.0.try_wait() {
+            panic!("passerelle exited ({status}): {text}");
+        }
+        match text.contains("admin on") {
+            true => Ok(()),
+            false => Err(format!("passerelle did not start: {text}")),
+        }
+    });
+    site.apply_with(&["--input"]);
+    // A TCP connection from `src` to the jump host's `port`: "open", or nothing when the
+    // SYN was dropped.
+    let reach = |src: &str, port: u16| {
+        let out = site
+            .ws
+            .command("python3")
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(); s.settimeout(2); s.bind((sys.argv[1], 0))\n\
+                 try:\n    s.connect(('198.18.0.1', int(sys.argv[2]))); print('open')\n\
+                 except OSError as e:\n    print(type(e).__name__)\n",
+                src,
+                &port.to_string(),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        reach("198.18.0.2", 3128),
+        "open",
+        "a workstation reaches the proxy"
+    );
+    assert_eq!(
+        reach("198.18.0.66", 3128),
+        "TimeoutError",
+        "a non-client is dropped"
+    );
+    assert_eq!(
+        reach("198.18.0.66", 9090),
+        "open",
+        "an admin reaches the admin port"
+    );
+    assert_eq!(
+        reach("198.18.0.2", 9090),
+        "TimeoutError",
+        "a workstation is kept off it"
+    );
+    let ruleset = site.jump.sh("nft list chain inet passerelle input");
+    assert!(ruleset.contains("tcp dport 9090"), "{ruleset}");
+}
+
 /// With `udp.audit`, Passerelle in the jump host follows conntrack and NFLOG: a record per
 /// routed flow (client, address, port, flow, bytes each way, duration) when it ends, a deny
 /// record per refused attempt, and the flow in the metrics.
@@ -272,6 +358,30 @@ fn the_routed_flows_and_the_refusals_are_audited() {
         "sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_udp_timeout=1 \
          net.netfilter.nf_conntrack_udp_timeout_stream=2",
     );
+    // conntrack-tools reads the same kernel events as the gateway, with its own parser: what
+    // the gateway records must be what conntrack -E prints.
+    let events = site.dir.path().join("conntrack-events.txt");
+    let _conntrack = Reaped::spawn(
+        site.jump
+            .command("conntrack")
+            .args(["-E", "-e", "DESTROY", "-p", "udp", "-o", "id"])
+            .stdout(std::fs::File::create(&events).unwrap())
+            .stderr(Stdio::null()),
+    )
+    .expect("conntrack runs (scripts/install-test-deps installs it)");
+    // Subscribed once a netfilter netlink socket (protocol 12) with groups shows in the
+    // namespace.
+    wait_until_blocking(Duration::from_secs(20), || {
+        let sockets = site.jump.sh("cat /proc/net/netlink");
+        let subscribed = sockets.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"12") && f.get(3).is_some_and(|g| *g != "00000000")
+        });
+        match subscribed {
+            true => Ok(()),
+            false => Err(format!("conntrack -E is not subscribed yet:\n{sockets}")),
+        }
+    });
     let audit = site.dir.path().join("audit.jsonl");
     let log = site.dir.path().join("passerelle.log");
     let mut gateway = Reaped::spawn(
@@ -328,6 +438,31 @@ fn the_routed_flows_and_the_refusals_are_audited() {
         "{flow}"
     );
     assert!(flow["duration_ms"].as_u64().unwrap() > 0, "{flow}");
+    // The same entry's end as conntrack -E printed it: original tuple, then the reply's, each
+    // with its packets and bytes.
+    let destroyed = wait_until_blocking(Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("src=198.18.0.2") && l.contains("sport=40100"))
+            .map(str::to_string)
+            .ok_or_else(|| format!("no DESTROY event for the flow in: {text}"))
+    });
+    let fields = |key: &str| -> Vec<String> {
+        destroyed
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+            .collect()
+    };
+    assert_eq!(fields("dst")[0], "198.19.0.2", "{destroyed}");
+    assert_eq!(fields("dport")[0], "3478", "{destroyed}");
+    assert_eq!(
+        fields("bytes"),
+        vec![
+            flow["bytes_up"].as_u64().unwrap().to_string(),
+            flow["bytes_down"].as_u64().unwrap().to_string()
+        ],
+        "the record's bytes are not the kernel's, as conntrack reads them: {destroyed}\n{flow}"
+    );
     let refused = all.iter().find(|e| e["decision"] == "deny").unwrap();
     assert_eq!(refused["reason"], "no_flow");
     assert_eq!(refused["host"], "198.19.0.2");
