@@ -148,12 +148,16 @@ async def handle(args, reader, writer):
     conn = next(COUNTER)
     context = None
     user = None
+    served = 0
     try:
         while True:
             head = await read_head(reader)
             if head is None:
                 return
             method, target, headers = head
+            if user is not None and args.rechallenge_after and served >= args.rechallenge_after:
+                log(args.log, event="rechallenge", conn=conn)
+                user, context, served = None, None, 0
             auth = headers.get("proxy-authorization", [None])[0]
             expect = "100-continue" in ",".join(headers.get("expect", [])).lower()
             body = None
@@ -196,6 +200,7 @@ async def handle(args, reader, writer):
             if expect:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 await writer.drain()
+            served += 1
             body = await read_body(reader, headers)
             log(args.log, event="request", conn=conn, method=method, target=target,
                 auth=auth.split(" ", 1)[0] if auth else None, body_len=len(body), expect=expect)
@@ -248,6 +253,9 @@ async def main():
     parser.add_argument("--log", required=True)
     parser.add_argument("--map", action="append", default=[], help="host:port=127.0.0.1:port")
     parser.add_argument("--offer-basic", action="store_true", help="also offer Basic (never accepted)")
+    parser.add_argument("--rechallenge-after", type=int, default=0,
+                        help="forget an authenticated connection's user after N requests on it "
+                             "(as a parent whose credentials cache expired does): the next gets a 407")
     parser.add_argument("--close-after-challenge", action="store_true",
                         help="fault: close the connection right after the NTLM challenge")
     args = parser.parse_args()

@@ -352,6 +352,38 @@ pub async fn silent_peer() -> SocketAddr {
     addr
 }
 
+/// A local port whose listener never accepts and whose queue is already full: a connection
+/// attempt gets no answer at all (its SYN is dropped), as behind a firewall that drops. Open as
+/// long as this lives.
+pub struct Unanswering {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _filler: std::net::TcpStream,
+}
+
+impl Unanswering {
+    pub fn start() -> Unanswering {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        socket.listen(0).expect("listen");
+        let addr = socket
+            .local_addr()
+            .expect("address")
+            .as_socket()
+            .expect("an inet address");
+        let filler = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+            .expect("the one connection the queue takes");
+        Unanswering {
+            addr,
+            _listener: socket,
+            _filler: filler,
+        }
+    }
+}
+
 /// A local port with nothing listening on it.
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -413,7 +413,15 @@ impl Kdc {
         }
     }
 
-    fn kadmin(&self, query: &str) {
+    /// A user principal that must pre-authenticate (as every AD account does), so that a
+    /// wrong password is a `PREAUTH_FAILED` the KDC logs.
+    pub fn add_user(&self, name: &str, password: &str) {
+        self.admin(&format!("addprinc +requires_preauth -pw {password} {name}"));
+    }
+
+    /// Runs a `kadmin.local` query against this KDC's database (`modprinc …`, `getprinc …`),
+    /// returning what it printed.
+    pub fn admin(&self, query: &str) -> String {
         let out = Command::new("kadmin.local")
             .args(["-q", query])
             .env("KRB5_KDC_PROFILE", self.dir.path().join("kdc.conf"))
@@ -421,28 +429,24 @@ impl Kdc {
             .output()
             .expect("kadmin.local runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // kadmin.local exits 0 on most failures and says "... while ..." instead.
         assert!(
             out.status.success() && !stderr.contains("while "),
             "kadmin.local -q {query:?}: {stderr}"
         );
-    }
-
-    /// A user principal that must pre-authenticate (as every AD account does), so that a
-    /// wrong password is a `PREAUTH_FAILED` the KDC logs.
-    pub fn add_user(&self, name: &str, password: &str) {
-        self.kadmin(&format!("addprinc +requires_preauth -pw {password} {name}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A user principal with a random key, written to a client keytab at `keytab`.
     pub fn add_keytab_user(&self, name: &str, keytab: &Path) {
-        self.kadmin(&format!("addprinc +requires_preauth -randkey {name}"));
-        self.kadmin(&format!("ktadd -k {} {name}", keytab.display()));
+        self.admin(&format!("addprinc +requires_preauth -randkey {name}"));
+        self.admin(&format!("ktadd -k {} {name}", keytab.display()));
     }
 
     /// A service principal (`HTTP/parent.test`) and its keytab.
     pub fn add_service(&self, principal: &str, keytab: &Path) {
-        self.kadmin(&format!("addprinc -randkey {principal}"));
-        self.kadmin(&format!("ktadd -k {} {principal}", keytab.display()));
+        self.admin(&format!("addprinc -randkey {principal}"));
+        self.admin(&format!("ktadd -k {} {principal}", keytab.display()));
     }
 
     /// A `krb5.conf` for this KDC where the client does not correct its clock from the KDC's

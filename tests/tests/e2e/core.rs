@@ -34,7 +34,12 @@ async fn forwards_a_get_and_audits_it() {
     );
     assert_eq!(seen["headers"]["host"][0], "origin.test");
     assert_eq!(seen["headers"]["via"][0], "1.1 passerelle");
+    // The forwarded answer carries the request's id, the audit record's `id`.
     let rec = gw.record_of(&r).await;
+    assert_eq!(
+        Some(rec["id"].as_str().unwrap().to_string()),
+        r.request_id()
+    );
     assert_eq!(rec["decision"], "allow");
     assert_eq!(rec["flow"], "test-origin");
     assert_eq!(rec["route"], "direct");
@@ -442,6 +447,71 @@ async fn connect_failures_name_the_hop() {
         r.connect_status, 502,
         "no 200 for a tunnel that cannot exist: {r:?}"
     );
+}
+
+/// An origin that never answers the connection is a 504 `connect_timeout` within
+/// `limits.connect_timeout`; one that accepts and never answers the request, a 504
+/// `response_timeout` within the flow's idle timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_and_response_timeouts_are_504s_with_their_reason() {
+    let unanswering = passerelle_tests::origin::Unanswering::start();
+    let dropping = unanswering.addr;
+    let silent = passerelle_tests::origin::silent_peer().await;
+    let gw = TestGateway::start(&format!(
+        "[[flows]]\nid = \"dropping\"\nhosts = [\"dropping.test\"]\nports = [80, 8443]\n\
+         [[flows]]\nid = \"silent\"\nhosts = [\"silent.test\"]\nports = [80]\nidle_timeout = \"1s\"\n\
+         [resolve]\nconnect_to = [\"dropping.test:80={dropping}\", \"dropping.test:8443={dropping}\", \"silent.test:80={silent}\"]\n\
+         [limits]\nconnect_timeout = \"1s\"\n"
+    ))
+    .await;
+    let r = curl(&["-x", &gw.proxy(), "http://dropping.test/"]).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("timed out"), "{}", r.body);
+    let rec = gw.record_of(&r).await;
+    assert_eq!(
+        (rec["reason"].as_str(), rec["status"].as_u64()),
+        (Some("connect_timeout"), Some(504))
+    );
+    let r = curl(&["-x", &gw.proxy(), "https://dropping.test:8443/"]).await;
+    assert_eq!(
+        r.connect_status, 504,
+        "no 200 for a tunnel that cannot exist: {r:?}"
+    );
+
+    let r = curl(&["-x", &gw.proxy(), "http://silent.test/"]).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        r.body.contains("no answer from the origin within 1s"),
+        "{}",
+        r.body
+    );
+    let rec = gw.record_of(&r).await;
+    assert_eq!(
+        (rec["reason"].as_str(), rec["status"].as_u64()),
+        (Some("response_timeout"), Some(504))
+    );
+}
+
+/// A name that does not resolve is a 502 `dns_failed` naming it. The gateway's resolver
+/// answers from a hosts file of the test's only: the lookup fails on this machine, no query
+/// leaves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unresolvable_name_is_a_502_dns_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = passerelle_tests::harness::Running::with_env(
+        dir.path(),
+        "[[flows]]\nid = \"nowhere\"\nhosts = [\"nowhere.test\"]\nports = [80]\n",
+        &[],
+    )
+    .closed_dns(&[])
+    .start()
+    .await;
+    let r = curl(&["-x", &gw.proxy(), "http://nowhere.test/"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("cannot resolve nowhere.test"), "{}", r.body);
+    let rec = passerelle_tests::harness::record_with_id(&gw.audit, &r.request_id().unwrap()).await;
+    assert_eq!(rec["reason"], "dns_failed", "{rec}");
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

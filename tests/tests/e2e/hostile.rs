@@ -881,6 +881,57 @@ async fn a_reload_needs_its_header_names_its_client_and_keeps_the_rate_buckets()
     gw.stop().await;
 }
 
+/// A flood of connections refused at accept (a host outside `clients.allow`) is counted one by
+/// one, and written at most 100 at once, then 20 a second per reason: the next record written
+/// says how many it stands for. The disk does not fill; nothing goes unsaid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_refusals_is_counted_whole_and_written_folded() {
+    let (gw, admin) = with_admin("[clients]\nallow = [\"127.0.0.2/32\"]\n").await;
+    const FLOOD: usize = 600;
+    for _ in 0..FLOOD {
+        drop(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    wait_metric(
+        &admin,
+        "passerelle_client_connections_refused_total{limit=\"not_allowed\"}",
+        FLOOD as f64,
+    )
+    .await;
+    let folded = metric(&admin, "passerelle_audit_refusals_folded_total")
+        .await
+        .unwrap_or(0.0);
+    let written = gw.records(100).await.len();
+    assert!(folded >= 1.0, "nothing was folded: {written} written");
+    // One more refusal at a time until one is written: it names what it stands for.
+    let record = passerelle_tests::harness::wait_until(Duration::from_secs(20), || async {
+        drop(TcpStream::connect(gw.addr).await.unwrap());
+        passerelle_tests::harness::read_audit(&gw.audit_path)
+            .into_iter()
+            .find(|r| {
+                r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("more like it"))
+            })
+            .ok_or_else(|| "no record says how many it stands for yet".to_string())
+    })
+    .await;
+    let records = passerelle_tests::harness::read_audit(&gw.audit_path);
+    assert!(
+        records.len() < FLOOD / 2,
+        "{} records for {FLOOD} refusals",
+        records.len()
+    );
+    let detail = record["detail"].as_str().unwrap();
+    let stands_for: usize = detail
+        .split('(')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert!(stands_for >= 1, "{detail}");
+    assert_eq!(record["reason"], "client_not_allowed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_outside_the_allow_list_get_no_connection_budget() {
     let origin = HttpOrigin::start().await;

@@ -352,7 +352,7 @@ async fn failure(
         &format!("http://origin.test:{}/", origin.addr.port()),
     ])
     .await;
-    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.status, 502, "{upstream}: {r:?}");
     let record = wait_records(&gw.audit, 1).await.remove(0);
     gw.stop().await;
     record
@@ -362,6 +362,9 @@ async fn failure(
 async fn kerberos_failures_are_told_apart() {
     let kdc = Kdc::start().await;
     kdc.add_user(USER, PASSWORD);
+    // An account whose password has expired: the KDC refuses it as such (KDC_ERR_KEY_EXP).
+    kdc.add_user("expired-svc", PASSWORD);
+    kdc.admin("modprinc -pwexpire yesterday expired-svc");
     let origin = HttpOrigin::start().await;
     let squid = Squid::with_auth(
         SquidAuth::Negotiate {
@@ -399,6 +402,15 @@ async fn kerberos_failures_are_told_apart() {
             format!(
                 "{}spn = \"HTTP@elsewhere.test\"\n",
                 password_upstream("negotiate")
+            ),
+            PASSWORD,
+            conf.clone(),
+            None,
+        ),
+        (
+            "kerberos_account_revoked",
+            format!(
+                "auth = \"negotiate\"\nuser = \"expired-svc@{REALM}\"\npassword_env = \"PW\"\n"
             ),
             PASSWORD,
             conf.clone(),

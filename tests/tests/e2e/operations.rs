@@ -649,6 +649,56 @@ async fn proxy_protocol_is_required_from_balancers_and_refused_from_others() {
     assert_eq!(records[3]["reason"], "proxy_protocol");
     assert!(clients[3].starts_with("127.0.0.1:"));
 
+    // Malformed headers from the balancer: closed without an answer, each audited.
+    let gw = TestGateway::start(&format!(
+        "{}[listen]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n[clients]\nallow = [\"10.20.30.0/24\"]\n",
+        site(&origin)
+    ))
+    .await;
+    // TCP over IPv4 needs 12 bytes of addresses and ports; this block says 4.
+    let mut short_v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x04".to_vec();
+    short_v2.extend_from_slice(&[10, 20, 30, 5]);
+    let mut bad_signature = b"\r\n\r\n\0\r\nQUIX\n\x21\x11\x00\x0c".to_vec();
+    bad_signature.extend_from_slice(&[10, 20, 30, 5, 127, 0, 0, 1, 0xc7, 0x39, 0x0c, 0x38]);
+    let malformed: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "an address that is not one",
+            b"PROXY TCP4 10.20.30.999 127.0.0.1 51000 3128\r\n".to_vec(),
+        ),
+        (
+            "a port that is not one",
+            b"PROXY TCP4 10.20.30.4 127.0.0.1 99999 3128\r\n".to_vec(),
+        ),
+        (
+            "a v1 line without its end",
+            format!(
+                "PROXY TCP4 10.20.30.4 127.0.0.1 51000 3128{}",
+                " ".repeat(200)
+            )
+            .into_bytes(),
+        ),
+        (
+            "a v1 family that is not one",
+            b"PROXY TCP5 10.20.30.4 127.0.0.1 51000 3128\r\n".to_vec(),
+        ),
+        ("a v2 address block too short for its family", short_v2),
+        ("a v2 signature off by one byte", bad_signature),
+    ];
+    for (what, header) in &malformed {
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(request.as_bytes());
+        assert_eq!(raw_exchange(gw.addr, &bytes).await, "", "{what}: answered");
+    }
+    let records = gw.stop().await;
+    assert_eq!(records.len(), malformed.len(), "{records:#?}");
+    for (record, (what, _)) in records.iter().zip(&malformed) {
+        assert_eq!(record["reason"], "proxy_protocol", "{what}: {record}");
+        assert!(
+            record["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{what}: the record names the balancer it came from: {record}"
+        );
+    }
+
     // From a peer not in proxy_protocol_from, a PROXY header is a malformed request.
     let gw = TestGateway::start(&site(&origin)).await;
     let v1 = format!("PROXY TCP4 10.20.30.4 127.0.0.1 51000 3128\r\n{request}");

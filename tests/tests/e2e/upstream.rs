@@ -542,6 +542,39 @@ async fn an_https_parent_is_verified_against_its_ca() {
     );
 }
 
+/// A pooled parent connection whose authentication the parent forgot (its credentials cache
+/// expired) answers the next request with a 407: a small body, kept for that, goes again on a
+/// newly authenticated connection and arrives whole, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_is_replayed_when_a_pooled_parent_connection_is_challenged_again() {
+    let parent = NtlmParent::start_with(&[USER], &[], &["--rechallenge-after", "1"]).await;
+    let gw = ntlm_gateway(&parent, USER.2).await;
+    for body in ["first-body", "second-body"] {
+        let r = curl(&["-x", &gw.proxy(), "-d", body, "http://origin.test/post"]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = json(&r.body);
+        assert_eq!(seen["body_len"], body.len(), "{seen}");
+    }
+    let events = parent.events();
+    let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
+    assert_eq!(count("rechallenge"), 1, "{events:#?}");
+    assert_eq!(count("handshake"), 2, "{events:#?}");
+    // The second body went on the challenged connection (the parent read and dropped it
+    // with its 407), then whole on the final leg of a new handshake: never a third time.
+    let second: Vec<(Value, Value)> = events
+        .iter()
+        .filter(|e| e["event"] == "request" && e["body_len"] == 11)
+        .map(|e| (e["auth"].clone(), e["conn"].clone()))
+        .collect();
+    assert_eq!(second.len(), 2, "{events:#?}");
+    assert_eq!(second[0].0, Value::Null, "{events:#?}");
+    assert_eq!(second[1].0, "NTLM", "{events:#?}");
+    assert_ne!(
+        second[0].1, second[1].1,
+        "replayed on another connection: {events:#?}"
+    );
+}
+
 /// The workstation's own `Proxy-Authorization` (a browser that has a password for another
 /// proxy, or an attacker probing) is the gateway's to read, never to pass on: not to the parent,
 /// forwarded or in a CONNECT, and not to an origin reached directly.
