@@ -15,10 +15,10 @@ use passerelle_config::Route;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 use crate::body::{full, Body};
 use crate::limits::Connections;
 use crate::metrics::Gauges;
+use crate::record::{AuditEvent, Decision, EventKind, Reason};
 use crate::service::Shared;
 
 /// Open admin connections at most, in all and per client: the admin port must not be a way
@@ -146,8 +146,8 @@ async fn answer(
         (&Method::GET, "/flows") => text(StatusCode::OK, "application/json", flows_json(&shared)),
         (&Method::GET, "/") => {
             let lang = match crate::pages::negotiate(req.headers(), default_lang(&runtime)).0 {
-                crate::audit::Lang::Fr => "fr",
-                crate::audit::Lang::En => "en",
+                crate::record::Lang::Fr => "fr",
+                crate::record::Lang::En => "en",
             };
             page(
                 STATUS_HTML.replace("{lang}", lang),
@@ -218,10 +218,10 @@ fn page(body: String, content_type: &'static str) -> Response<Body> {
     response
 }
 
-fn default_lang(runtime: &crate::runtime::Runtime) -> crate::audit::Lang {
+fn default_lang(runtime: &crate::runtime::Runtime) -> crate::record::Lang {
     match runtime.config.pages.language {
-        passerelle_config::PageLanguage::Fr => crate::audit::Lang::Fr,
-        passerelle_config::PageLanguage::En => crate::audit::Lang::En,
+        passerelle_config::PageLanguage::Fr => crate::record::Lang::Fr,
+        passerelle_config::PageLanguage::En => crate::record::Lang::En,
     }
 }
 

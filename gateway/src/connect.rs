@@ -11,7 +11,77 @@ use passerelle_config::{Flow, Host, Resolve, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::error::{ConnectError, Hop};
+use crate::record::Reason;
+
+/// Failures reaching the next hop (the origin, or a parent proxy).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error(
+        "{host} resolves to {addr}, an internal address, and flow {flow} does not allow_private"
+    )]
+    Internal {
+        host: String,
+        addr: std::net::IpAddr,
+        flow: String,
+    },
+    #[error("connecting to {hop} {addr} timed out")]
+    Timeout { hop: Hop, addr: String },
+    #[error("cannot connect to {hop} {addr}: {source}")]
+    Io {
+        hop: Hop,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with {hop} {addr} failed: {source}")]
+    Tls {
+        hop: Hop,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{hop} {addr} broke the HTTP exchange: {source}")]
+    Http {
+        hop: Hop,
+        addr: String,
+        source: hyper::Error,
+    },
+}
+
+/// Which side of the gateway failed, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    Origin,
+    Parent,
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hop::Origin => "origin",
+            Hop::Parent => "parent proxy",
+        })
+    }
+}
+
+impl ConnectError {
+    /// The audit's reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            ConnectError::Resolve { .. } | ConnectError::NoAddress { .. } => Reason::DnsFailed,
+            ConnectError::Internal { .. } => Reason::InternalAddress,
+            ConnectError::Timeout { .. } => Reason::ConnectTimeout,
+            ConnectError::Io { .. } => Reason::ConnectFailed,
+            ConnectError::Tls { .. } => Reason::TlsFailed,
+            ConnectError::Http { .. } => Reason::UpstreamProtocol,
+        }
+    }
+}
 
 /// A byte stream to the next hop: TCP, TLS to a parent, or a tunnel through a parent.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

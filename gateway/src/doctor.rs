@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
+use crate::connect::Hop;
 use crate::connect::{connect_any, resolve, BoxedIo, Drift};
-use crate::error::Hop;
 use crate::service::Runtime;
 use crate::upstream::Parent;
 
@@ -612,7 +612,7 @@ async fn parent_probe(parent: &Parent, flow: Option<&Arc<Flow>>, runtime: &Runti
             format!("reachable, credentials accepted (CONNECT {target})"),
         ),
         Err(e) => {
-            use crate::audit::Reason;
+            use crate::record::Reason;
             let hint = match e.reason() {
                 Reason::ParentAuthFailed => {
                     "check user, domain and password; Passerelle backs off to protect the account"

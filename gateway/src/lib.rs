@@ -9,6 +9,7 @@ mod admin;
 pub mod audit;
 mod body;
 mod capacity;
+mod client_stream;
 mod connect;
 pub mod doctor;
 mod error;
@@ -20,6 +21,7 @@ mod metrics;
 mod pac;
 mod pages;
 mod pool;
+pub mod record;
 mod relay;
 pub mod report;
 mod runtime;
@@ -213,7 +215,13 @@ impl Gateway {
         )));
         let watched = shared.clone();
         accept_tasks.push(tokio::spawn(upstream::watch(
-            move || watched.runtime.load_full(),
+            move || {
+                let runtime = watched.runtime.load();
+                (
+                    runtime.parents.list().to_vec(),
+                    runtime.config.limits.connect_timeout,
+                )
+            },
             closing.clone(),
         )));
         Ok(Gateway {

@@ -36,8 +36,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn reason(self) -> crate::audit::Reason {
-        use crate::audit::Reason;
+    pub fn reason(self) -> crate::record::Reason {
+        use crate::record::Reason;
         match self {
             Refusal::Total => Reason::TooManyConnections,
             Refusal::PerClient => Reason::ClientConnectionLimit,

@@ -488,8 +488,7 @@ fn port_ranges(ports: &[u16]) -> String {
 
 fn hash_password() -> ExitCode {
     let password = if std::io::stdin().is_terminal() {
-        let ask = |prompt: &str| rpassword::prompt_password(prompt).map(zeroize::Zeroizing::new);
-        match (ask("Password: "), ask("Again: ")) {
+        match (ask_hidden("Password: "), ask_hidden("Again: ")) {
             (Ok(first), Ok(again)) if first == again => first,
             (Ok(_), Ok(_)) => {
                 eprintln!("passerelle: the two passwords differ; nothing printed");
@@ -522,6 +521,37 @@ fn hash_password() -> ExitCode {
         hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
     ExitCode::SUCCESS
+}
+
+/// Asks for a secret on the terminal. Echo goes off before the prompt shows (a prompt printed
+/// first, as password crates do, echoes what is typed in the moment before), and the terminal's
+/// settings come back whatever happens.
+fn ask_hidden(prompt: &str) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead, Write};
+    struct Restore<'a>(&'a std::fs::File, rustix::termios::Termios);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = tcsetattr(self.0, OptionalActions::Now, &self.1);
+        }
+    }
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    let saved = tcgetattr(&tty)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&tty, OptionalActions::Now, &quiet)?;
+    let _restore = Restore(&tty, saved);
+    (&tty).write_all(prompt.as_bytes())?;
+    (&tty).flush()?;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::BufReader::new(&tty).read_line(&mut line)?;
+    let end = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(end);
+    Ok(line)
 }
 
 fn chainer(key_file: Option<&Path>) -> Result<passerelle_gateway::audit::chain::Chainer, ExitCode> {

@@ -7,7 +7,7 @@
 use http::header::{HeaderValue, ACCEPT, ACCEPT_LANGUAGE};
 use http::HeaderMap;
 
-use crate::audit::{Lang, Reason};
+use crate::record::{Lang, Reason};
 
 /// Everything a page says besides the error.
 pub struct Page<'a> {

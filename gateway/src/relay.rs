@@ -18,10 +18,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Reason, Recorder};
+use crate::audit::Recorder;
 use crate::body::Direction;
 use crate::connect::BoxedIo;
 use crate::limits::deadline;
+use crate::record::Reason;
 use crate::sni::{self, Hello};
 
 /// How a tunnel runs: its idle timeout, and the SNI check on a flow's TLS port.
@@ -39,7 +40,7 @@ pub struct SniRule {
 /// The client's side of a tunnel, once hyper hands it over: the plain TCP stream when it
 /// can (the fast path), with the bytes hyper had already read.
 pub fn client_side(upgraded: Upgraded) -> (Side, Bytes) {
-    match upgraded.downcast::<TokioIo<crate::listener::Lingering>>() {
+    match upgraded.downcast::<TokioIo<crate::client_stream::ClientStream>>() {
         Ok(parts) => {
             let (stream, prefix) = parts.io.into_inner().into_parts();
             // What hyper read came first; a prefix left over (from a PROXY header read) next.

@@ -13,8 +13,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::audit::chain::Verdict;
-use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 use crate::pages::escape;
+use crate::record::{AuditEvent, Decision, EventKind, Reason};
 
 /// Which records count.
 #[derive(Debug, Default, Clone)]

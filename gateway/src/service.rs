@@ -17,13 +17,15 @@ use passerelle_config::{
 };
 use tokio::net::TcpStream;
 
-use crate::audit::{Lang, Reason, Recorder};
+use crate::audit::Recorder;
 use crate::body::{empty, Body, Counted, Direction};
+use crate::connect::Hop;
 use crate::connect::{connect_any, resolve};
-use crate::error::{exchange_error, GatewayError, Hop};
+use crate::error::{exchange_error, GatewayError};
 use crate::headers::{add_via, has_our_via, strip_hop_by_hop};
 use crate::limits::Admitted;
 use crate::pages::{self, Page};
+use crate::record::{Lang, Reason};
 use crate::relay::{self, Side};
 pub use crate::runtime::{Runtime, Shared};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use passerelle_config::{Flow, Host};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::audit::Reason;
+use crate::record::Reason;
 
 /// A ClientHello larger than this is not one we will wait for.
 const MAX_HELLO: usize = 64 * 1024;

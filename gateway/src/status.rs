@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::audit::{AuditEvent, Decision, EventKind};
+use crate::record::{AuditEvent, Decision, EventKind};
 
 const MINUTES: usize = 60;
 const REFUSALS: usize = 100;
@@ -226,7 +226,7 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::Reason;
+    use crate::record::Reason;
 
     fn event(flow: Option<&str>, deny: bool) -> AuditEvent {
         AuditEvent {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditEvent, Decision, EventKind, Reason};
 use crate::firewall;
+use crate::record::{AuditEvent, Decision, EventKind, Reason};
 use crate::runtime::Shared;
 
 const NFNL_SUBSYS_CTNETLINK: u8 = 1;

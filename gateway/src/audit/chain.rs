@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::event::{AuditEvent, EventKind};
+use crate::record::{AuditEvent, EventKind};
 
 /// The chain value before the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

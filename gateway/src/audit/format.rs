@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use passerelle_config::AuditFormat;
 
-use super::event::{AuditEvent, Decision, EventKind};
+use crate::record::{AuditEvent, Decision, EventKind};
 
 /// Appends `event` as one line in `format` (JSON without its chain: the writer seals it).
 pub fn line(event: &AuditEvent, format: AuditFormat, out: &mut Vec<u8>) {

@@ -4,9 +4,7 @@
 //! full queue makes requests wait, unless the operator chose `on_full = "drop"`.
 
 pub mod chain;
-mod event;
 pub mod format;
-mod reason;
 mod recorder;
 pub mod sink;
 mod writer;
@@ -20,8 +18,7 @@ use std::time::{Instant, SystemTime};
 use passerelle_config::Audit;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use event::{AuditEvent, Decision, EventKind};
-pub use reason::{Lang, Reason};
+pub use crate::record::{AuditEvent, Decision, EventKind, Reason};
 pub use recorder::Recorder;
 
 use crate::metrics::Metrics;

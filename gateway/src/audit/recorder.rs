@@ -8,9 +8,9 @@ use std::time::Instant;
 use passerelle_config::{Route, Target};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::event::{AuditEvent, Decision};
-use super::reason::Reason;
 use super::AuditLog;
+use crate::record::Reason;
+use crate::record::{AuditEvent, Decision};
 
 #[derive(Clone)]
 pub struct Recorder(pub(super) Arc<RecorderInner>);

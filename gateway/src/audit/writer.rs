@@ -10,9 +10,9 @@ use passerelle_config::AuditFormat;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::chain::{self, Chainer, GENESIS};
-use super::event::{AuditEvent, Decision, EventKind};
 use super::sink::{Batch, Severity, Sink};
 use super::{epoch_ms, format, timestamp, LogShared};
+use crate::record::{AuditEvent, Decision, EventKind};
 
 pub(super) enum Msg {
     Event(Box<AuditEvent>, Option<OwnedSemaphorePermit>),

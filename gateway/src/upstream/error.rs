@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::StatusCode;
 use passerelle_auth::AuthError;
 
-use crate::audit::Reason;
-use crate::error::ConnectError;
+use crate::connect::ConnectError;
+use crate::record::Reason;
 
 /// Could the request have reached the origin through the parent?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -213,7 +213,8 @@ fn is_local(ip: std::net::IpAddr) -> bool {
 
 /// Probes every parent that has been quiet for its `health_interval` (TCP, and TLS for
 /// https://; no request, no credentials), and says every five minutes which are still down.
-pub async fn watch(parents: impl Fn() -> Arc<crate::service::Runtime>, closing: CancellationToken) {
+/// `current` gives the running configuration's parents and the time a probe may take.
+pub async fn watch(current: impl Fn() -> (Vec<Arc<Parent>>, Duration), closing: CancellationToken) {
     const SUMMARY_EVERY: Duration = Duration::from_secs(300);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -224,10 +225,9 @@ pub async fn watch(parents: impl Fn() -> Arc<crate::service::Runtime>, closing: 
             _ = tick.tick() => {}
             _ = closing.cancelled() => return,
         }
-        let runtime = parents();
-        let timeout = runtime.config.limits.connect_timeout;
+        let (parents, timeout) = current();
         probing.retain(|(_, task)| !task.is_finished());
-        for parent in runtime.parents.list() {
+        for parent in &parents {
             let busy = probing.iter().any(|(url, _)| url == &parent.url);
             if busy || parent.quiet_for() < parent.health_interval() {
                 continue;
@@ -245,9 +245,7 @@ pub async fn watch(parents: impl Fn() -> Arc<crate::service::Runtime>, closing: 
         }
         if last_summary.elapsed() >= SUMMARY_EVERY {
             last_summary = Instant::now();
-            let down: Vec<String> = runtime
-                .parents
-                .list()
+            let down: Vec<String> = parents
                 .iter()
                 .filter_map(|p| {
                     p.learnt

@@ -28,7 +28,7 @@ use super::health::{Change, Health, SystemClock, Turn};
 use super::request::{Leg, Outgoing};
 use crate::body::Body;
 use crate::connect::{connect_any, lookup, BoxedIo};
-use crate::error::{ConnectError, Hop};
+use crate::connect::{ConnectError, Hop};
 use crate::pool::Pool;
 
 /// A parent refusing credentials says so at once (it asks its domain controller and answers

@@ -92,7 +92,7 @@ pub struct AuditEvent {
     /// be read, `detail` says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_from: Option<String>,
-    /// The tamper-evidence chain, written last (see [`super::chain`]).
+    /// The tamper-evidence chain, written last (see `audit::chain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<String>,
 }
