@@ -80,6 +80,50 @@ impl Host {
     }
 }
 
+/// What is written after a host is not a port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{written:?} is not a port (1 to 65535, digits only)")]
+pub struct PortError {
+    pub written: String,
+}
+
+/// The one port grammar, for requests and configuration alike: 1 to 65535 in decimal digits
+/// only (no sign, no space, no leading `+` that Rust's integer parser would take).
+pub fn parse_port(written: &str) -> Result<u16, PortError> {
+    let bad = || PortError {
+        written: written.chars().take(16).collect(),
+    };
+    if written.is_empty() || written.len() > 5 || !written.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match written.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad()),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// Splits an authority (`host:port`, `[v6]:port`, `host`) into the host as written and the
+/// port: `None` when none is written or it is empty (RFC 3986 §3.2.3), an error when what is
+/// written is not a port (never the default in its place).
+pub fn split_authority(authority: &str) -> Result<(&str, Option<u16>), PortError> {
+    let (host, port) = match authority.rfind(']') {
+        Some(end) if authority.starts_with('[') => {
+            let rest = &authority[end + 1..];
+            (&authority[..=end], rest.strip_prefix(':'))
+        }
+        _ => match authority.rsplit_once(':') {
+            // Two colons and no brackets: an IPv6 address without a port.
+            Some((host, _)) if host.contains(':') => (authority, None),
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    match port {
+        None | Some("") => Ok((host, None)),
+        Some(written) => parse_port(written).map(|p| (host, Some(p))),
+    }
+}
+
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -230,6 +274,44 @@ fn parse_ipv4_part(part: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_strict_port_grammar() {
+        for good in ["1", "80", "65535", "08080"] {
+            assert!(parse_port(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "0",
+            "65536",
+            "+80",
+            "-1",
+            " 80",
+            "8o",
+            "80 ",
+            "99999999999",
+            "0x50",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            split_authority("h.example:8080"),
+            Ok(("h.example", Some(8080)))
+        );
+        assert_eq!(split_authority("h.example:"), Ok(("h.example", None)));
+        assert_eq!(split_authority("h.example"), Ok(("h.example", None)));
+        assert_eq!(
+            split_authority("[2001:db8::1]:443"),
+            Ok(("[2001:db8::1]", Some(443)))
+        );
+        assert_eq!(
+            split_authority("[2001:db8::1]"),
+            Ok(("[2001:db8::1]", None))
+        );
+        assert_eq!(split_authority("2001:db8::1"), Ok(("2001:db8::1", None)));
+        assert!(split_authority("h.example:+80").is_err());
+        assert!(split_authority("[::1]:0").is_err());
+    }
 
     fn ip(s: &str) -> Host {
         Host::Ip(s.parse().unwrap())

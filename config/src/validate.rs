@@ -768,18 +768,15 @@ fn parent_url(url: &str) -> Result<(bool, Host, u16), String> {
             "{url:?} must be scheme://host:port, without path or user"
         ));
     }
-    let after_host = authority.as_str().rsplit(']').next().unwrap_or_default();
-    let port = match after_host.rsplit_once(':').map(|(_, written)| written) {
-        None | Some("") => {
+    let port = match crate::host::split_authority(authority.as_str()) {
+        Ok((_, Some(port))) => port,
+        Ok((_, None)) => {
             return Err(format!(
                 "{url:?} has no port, and a proxy has no default one: write it (e.g. {}:8080)",
                 url.trim_end_matches('/')
             ))
         }
-        Some(written) => match written.parse::<u16>() {
-            Ok(port) if port != 0 => port,
-            _ => return Err(format!("{url:?}: {written} is not a port")),
-        },
+        Err(e) => return Err(format!("{url:?}: {e}")),
     };
     let host = Host::parse(authority.host()).map_err(|e| e.to_string())?;
     Ok((tls, host, port))
@@ -903,22 +900,6 @@ fn kerberos(
     })
 }
 
-/// `host:port`, `[v6]:port`; `None` when there is no port; `Some((_, None))` for a bad one.
-fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
-    let (host, port) = if s.starts_with('[') {
-        let end = s.find(']')?;
-        let port = s[end + 1..].strip_prefix(':')?;
-        (&s[..=end], port)
-    } else {
-        let (h, port) = s.rsplit_once(':')?;
-        if h.contains(':') {
-            return None;
-        }
-        (h, port)
-    };
-    Some((host, port.parse().ok().filter(|p| *p != 0)))
-}
-
 fn resolve(raw: &RawConfig, p: &mut Problems) -> Resolve {
     let mut connect_to = HashMap::new();
     for (i, entry) in raw.resolve.connect_to.iter().enumerate() {
@@ -927,8 +908,8 @@ fn resolve(raw: &RawConfig, p: &mut Problems) -> Resolve {
             p.add(path, format!("{entry:?} must be HOST:PORT=IP:PORT"));
             continue;
         };
-        let from = match split_host_port(from.trim()) {
-            Some((h, Some(port))) => Host::parse(h).ok().map(|h| (h, port)),
+        let from = match crate::host::split_authority(from.trim()) {
+            Ok((h, Some(port))) => Host::parse(h).ok().map(|h| (h, port)),
             _ => None,
         };
         let to = to.trim().parse::<SocketAddr>().ok();

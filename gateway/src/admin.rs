@@ -145,7 +145,7 @@ async fn answer(
         }
         (&Method::GET, "/flows") => text(StatusCode::OK, "application/json", flows_json(&shared)),
         (&Method::GET, "/") => {
-            let lang = match crate::pages::negotiate(req.headers(), default_lang(&runtime)).0 {
+            let lang = match crate::pages::negotiate(req.headers(), &runtime.config.pages).0 {
                 crate::record::Lang::Fr => "fr",
                 crate::record::Lang::En => "en",
             };
@@ -216,13 +216,6 @@ fn page(body: String, content_type: &'static str) -> Response<Body> {
         http::HeaderValue::from_static("no-store"),
     );
     response
-}
-
-fn default_lang(runtime: &crate::runtime::Runtime) -> crate::record::Lang {
-    match runtime.config.pages.language {
-        passerelle_config::PageLanguage::Fr => crate::record::Lang::Fr,
-        passerelle_config::PageLanguage::En => crate::record::Lang::En,
-    }
 }
 
 /// The status page's data.

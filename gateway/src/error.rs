@@ -5,9 +5,10 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use passerelle_config::DenyReason;
 
+use crate::audit::Recorder;
 use crate::body::{full, Body};
 use crate::connect::{ConnectError, Hop};
-use crate::pages::Page;
+use crate::pages::{Page, Reader};
 use crate::record::Reason;
 use crate::upstream::UpstreamError;
 
@@ -89,6 +90,39 @@ impl GatewayError {
         }
     }
 
+    /// Records the error in the request's audit record (a refusal when policy refused it, a
+    /// failure otherwise) and makes the answer `reader` gets. With the request's body unread,
+    /// the connection cannot carry another request: the answer closes it.
+    pub fn answer(
+        self,
+        record: &Recorder,
+        reader: Reader<'_>,
+        body_unread: bool,
+    ) -> Response<Body> {
+        let reason = self.reason();
+        let detail = self.to_string();
+        let refused = self.status() == StatusCode::FORBIDDEN;
+        match &self {
+            GatewayError::Denied { reason: why, .. } => {
+                record.deny(reason, detail.clone(), why.flow())
+            }
+            // Refused by policy after the decision (a name resolving inside): a refusal.
+            _ if refused => record.deny(reason, detail.clone(), None),
+            _ => record.fail(reason, detail.clone()),
+        }
+        let mut response = self.respond(&Page {
+            reader,
+            reason,
+            detail: &detail,
+            refused,
+        });
+        if body_unread {
+            let close = header::HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
+        }
+        response
+    }
+
     /// The response: the status, and a page that says what failed, why, and how to find it
     /// again (see [`crate::pages`]).
     pub fn respond(self, page: &Page) -> Response<Body> {
@@ -97,7 +131,7 @@ impl GatewayError {
         let mut response = Response::new(full(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        if page.html {
+        if page.reader.html {
             headers.insert(
                 header::CONTENT_SECURITY_POLICY,
                 header::HeaderValue::from_static(

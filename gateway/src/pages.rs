@@ -9,29 +9,40 @@ use http::HeaderMap;
 
 use crate::record::{Lang, Reason};
 
-/// Everything a page says besides the error.
-pub struct Page<'a> {
+/// Who reads a page and how: the request in words, its id, the workstation, whom to contact,
+/// the language and whether the client takes HTML.
+pub struct Reader<'a> {
     /// `GET http://…` or `CONNECT host:port`.
     pub what: &'a str,
-    pub reason: Reason,
-    /// The technical line (English, as in the audit's `detail`).
-    pub detail: &'a str,
     pub id: &'a str,
     pub client: std::net::IpAddr,
     pub contact: &'a str,
     pub lang: Lang,
     pub html: bool,
+}
+
+/// A page: its reader, and the error it tells.
+pub struct Page<'a> {
+    pub reader: Reader<'a>,
+    pub reason: Reason,
+    /// The technical line (English, as in the audit's `detail`).
+    pub detail: &'a str,
     /// Refused by policy (rather than failed).
     pub refused: bool,
 }
 
-/// The language and the shape the client asked for.
-pub fn negotiate(headers: &HeaderMap, default: Lang) -> (Lang, bool) {
+/// The language and the shape the client asked for (`pages.language` when it names neither
+/// French nor English).
+pub fn negotiate(headers: &HeaderMap, pages: &passerelle_config::Pages) -> (Lang, bool) {
     let html = headers.get_all(ACCEPT).iter().any(|v| {
         v.as_bytes()
             .windows(9)
             .any(|w| w.eq_ignore_ascii_case(b"text/html"))
     });
+    let default = match pages.language {
+        passerelle_config::PageLanguage::Fr => Lang::Fr,
+        passerelle_config::PageLanguage::En => Lang::En,
+    };
     (language(headers, default), html)
 }
 
@@ -110,7 +121,8 @@ const EN: Words = Words {
 impl Page<'_> {
     /// The body, and its content type.
     pub fn render(&self, now: std::time::SystemTime) -> (String, HeaderValue) {
-        let w = match self.lang {
+        let r = &self.reader;
+        let w = match r.lang {
             Lang::Fr => &FR,
             Lang::En => &EN,
         };
@@ -125,25 +137,25 @@ impl Page<'_> {
         } else {
             w.intro_failed
         };
-        let why = self.reason.words(self.lang);
-        if !self.html {
+        let why = self.reason.words(r.lang);
+        if !r.html {
             let mut text = format!(
                 "passerelle: {}\n{title}. {why}.\n{}: {} · {}: {time} · {}: {}\n",
-                self.detail, w.id, self.id, w.time, w.workstation, self.client
+                self.detail, w.id, r.id, w.time, w.workstation, r.client
             );
-            if !self.contact.is_empty() {
-                text.push_str(&format!("{}: {}\n", w.contact, self.contact));
+            if !r.contact.is_empty() {
+                text.push_str(&format!("{}: {}\n", w.contact, r.contact));
             }
             return (text, HeaderValue::from_static("text/plain; charset=utf-8"));
         }
-        let lang = match self.lang {
+        let lang = match r.lang {
             Lang::Fr => "fr",
             Lang::En => "en",
         };
-        let contact = if self.contact.is_empty() {
+        let contact = if r.contact.is_empty() {
             String::new()
         } else {
-            format!("<dt>{}</dt><dd>{}</dd>", w.contact, escape(self.contact))
+            format!("<dt>{}</dt><dd>{}</dd>", w.contact, escape(r.contact))
         };
         let body = format!(
             "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
@@ -157,15 +169,15 @@ impl Page<'_> {
              <dt>{}</dt><dd>{}</dd>{contact}</dl>\
              <p class=\"tell\">{}</p><p class=\"detail\">{}</p></main></body></html>\n",
             w.request,
-            escape(self.what),
+            escape(r.what),
             w.why,
             escape(why),
             self.reason.as_str(),
             w.id,
-            escape(self.id),
+            escape(r.id),
             w.time,
             w.workstation,
-            self.client,
+            r.client,
             w.tell,
             escape(self.detail),
         );
@@ -244,14 +256,16 @@ mod tests {
     #[test]
     fn everything_from_the_request_is_escaped_and_nothing_is_loaded() {
         let page = Page {
-            what: "GET http://evil.example/<script>alert(1)</script>\"'&",
+            reader: Reader {
+                what: "GET http://evil.example/<script>alert(1)</script>\"'&",
+                id: "0a1b2c3d-7",
+                client: "10.20.30.4".parse().unwrap(),
+                contact: "Service informatique <poste 1234>",
+                lang: Lang::Fr,
+                html: true,
+            },
             reason: Reason::NoFlow,
             detail: "GET http://evil.example/<script> refused: no allowed flow matches",
-            id: "0a1b2c3d-7",
-            client: "10.20.30.4".parse().unwrap(),
-            contact: "Service informatique <poste 1234>",
-            lang: Lang::Fr,
-            html: true,
             refused: true,
         };
         let (body, kind) = page.render(std::time::SystemTime::UNIX_EPOCH);
