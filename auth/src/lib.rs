@@ -1,6 +1,7 @@
 //! Upstream proxy authentication, sans I/O: parsing the parent's challenges, Basic
 //! (RFC 7617), NTLMv2 (MS-NLMP), Negotiate through a [`Negotiator`] (Kerberos lives in
 //! `passerelle-kerberos`), and the credentials they use.
+#![forbid(unsafe_code)]
 
 pub mod challenge;
 pub mod credentials;

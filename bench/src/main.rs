@@ -1,6 +1,7 @@
 //! The benchmark's load generator and origin, on loopback only. `bench/run` starts the
 //! origin and each proxy, then runs the workloads against each and prints the table.
 //! Every loop is bounded in count and time.
+#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 //! profile, loading (file, then `PASSERELLE__SECTION__KEY` environment overrides),
 //! validation with every problem reported by key path, and the compiled [`Policy`].
 //! Pure: reads files and the injected environment, opens no socket.
+#![forbid(unsafe_code)]
 
 pub mod host;
 pub mod policy;
@@ -183,13 +184,38 @@ pub struct Upstream {
     pub auth: AuthMode,
     /// For NTLM and Basic.
     pub credentials: Option<Credentials>,
+    /// The file the secret came from (`password_file`, `nt_hash_file`): read again when it is
+    /// rewritten, without a reload.
+    pub secret_file: Option<SecretFile>,
     /// For Negotiate: set with `auth = "negotiate"`, or `auto` with Kerberos credentials.
     pub kerberos: Option<Kerberos>,
     pub workstation: String,
+    /// A refused secret waits this long before it goes again unchanged, doubling up to
+    /// `auth_backoff_max`.
     pub auth_backoff: Duration,
+    pub auth_backoff_max: Duration,
     pub down_cooldown: Duration,
     /// A parent quiet for this long gets a health probe (TCP, TLS).
     pub health_interval: Duration,
+}
+
+/// A file holding a parent's secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub path: PathBuf,
+    /// `nt_hash_file` (else a password file).
+    pub nt_hash: bool,
+}
+
+impl SecretFile {
+    /// The secret the file holds now.
+    pub fn read(&self) -> Result<passerelle_auth::Secret, passerelle_auth::CredentialsError> {
+        if self.nt_hash {
+            passerelle_auth::Secret::read_nt_hash_file(&self.path)
+        } else {
+            passerelle_auth::Secret::read_password_file(&self.path)
+        }
+    }
 }
 
 /// The gateway's Kerberos identity toward a parent.

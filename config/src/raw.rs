@@ -178,6 +178,7 @@ pub struct RawUpstream {
     pub workstation: Option<String>,
     pub ca_file: Option<String>,
     pub auth_backoff: Option<String>,
+    pub auth_backoff_max: Option<String>,
     pub down_cooldown: Option<String>,
     pub health_interval: Option<String>,
 }

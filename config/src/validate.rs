@@ -714,6 +714,18 @@ fn upstream(
         .map_or(Duration::from_secs(60), |d| {
             p.duration(&format!("{path}.auth_backoff"), d, DAY)
         });
+    let auth_backoff_max = u
+        .auth_backoff_max
+        .as_deref()
+        .map_or(Duration::from_secs(3600), |d| {
+            p.duration(&format!("{path}.auth_backoff_max"), d, DAY)
+        });
+    if auth_backoff_max < auth_backoff {
+        p.add(
+            format!("{path}.auth_backoff_max"),
+            "must be at least auth_backoff (the back-off doubles from one to the other)",
+        );
+    }
     let down_cooldown = u
         .down_cooldown
         .as_deref()
@@ -737,12 +749,24 @@ fn upstream(
         ca_file: u.ca_file.as_ref().map(PathBuf::from),
         auth,
         credentials,
+        secret_file: match (&u.password_file, &u.nt_hash_file) {
+            (Some(path), _) => Some(crate::SecretFile {
+                path: PathBuf::from(path),
+                nt_hash: false,
+            }),
+            (None, Some(path)) => Some(crate::SecretFile {
+                path: PathBuf::from(path),
+                nt_hash: true,
+            }),
+            (None, None) => None,
+        },
         kerberos,
         workstation: u
             .workstation
             .clone()
             .unwrap_or_else(|| "PASSERELLE".to_string()),
         auth_backoff,
+        auth_backoff_max,
         down_cooldown,
         health_interval,
     })

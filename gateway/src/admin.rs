@@ -235,10 +235,11 @@ fn status_json(shared: &Shared) -> String {
         .map(|p| {
             serde_json::json!({
                 "url": p.url,
-                "state": p.learnt.health.state().as_str(),
+                "state": p.status().as_str(),
+                "state_words": p.status_words(),
                 "scheme": p.scheme(),
                 "last_handshake": p.last_handshake().map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                "backoff_seconds": p.learnt.health.backoff_left().map(|d| d.as_secs()),
+                "backoff_seconds": p.state.health.backoff_left().map(|d| d.as_secs()),
             })
         })
         .collect();
@@ -284,13 +285,13 @@ fn gauges(shared: &Shared) -> Gauges {
             .map(|p| {
                 (
                     p.url.clone(),
-                    p.learnt.health.state().as_str(),
+                    p.status().as_str(),
                     [
-                        p.learnt.handshakes[0].load(o),
-                        p.learnt.handshakes[1].load(o),
-                        p.learnt.handshakes[2].load(o),
+                        p.state.handshakes[0].load(o),
+                        p.state.handshakes[1].load(o),
+                        p.state.handshakes[2].load(o),
                     ],
-                    p.learnt.auth_failures.load(o),
+                    p.state.auth_failures.load(o),
                 )
             })
             .collect(),
@@ -309,13 +310,13 @@ fn readiness(shared: &Shared) -> Result<(), String> {
     if !needs_parent
         || parents
             .iter()
-            .any(|p| p.learnt.health.state() == crate::upstream::State::Up)
+            .any(|p| p.status() == crate::upstream::State::Up)
     {
         return Ok(());
     }
     let states: Vec<String> = parents
         .iter()
-        .map(|p| format!("{} {}", p.url, p.learnt.health.state().as_str()))
+        .map(|p| format!("{}: {}", p.url, p.status_words()))
         .collect();
     Err(format!("no usable parent ({})", states.join(", ")))
 }

@@ -88,7 +88,7 @@ impl Check {
 /// Runs every check; `extra_ca` adds roots for TLS validation (a test CA, a site's own).
 pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, String> {
     let tls = tls_connector(extra_ca)?;
-    let runtime = Runtime::new(config, None)?;
+    let runtime = Runtime::new(config, None, None)?;
     let mut checks = Vec::new();
     let first_tls_flow = runtime
         .config
@@ -98,7 +98,7 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
         .cloned();
     let mut parent_passed = runtime.parents.list().is_empty();
     for parent in runtime.parents.list() {
-        if let Some(initiator) = parent.learnt.negotiator.clone() {
+        if let Some(initiator) = parent.state.negotiator.clone() {
             checks.extend(kerberos(initiator, runtime.config.limits.connect_timeout).await);
         }
         let probe = parent_probe(parent, first_tls_flow.as_ref(), &runtime).await;

@@ -1,6 +1,7 @@
 //! Passerelle's runtime: listeners and connection handling, the request path
 //! ([`service`]), connectors (direct and parent), relays, and the audit writer.
 //! [`Gateway::start`] runs it in-process (tests do), the `passerelle` binary around it.
+#![forbid(unsafe_code)]
 
 /// The commit this binary was built from (`PASSERELLE_COMMIT`, or git's).
 pub const COMMIT: &str = env!("PASSERELLE_COMMIT");
@@ -169,7 +170,7 @@ impl Gateway {
         } else {
             None
         };
-        let runtime = Runtime::new(config, None).map_err(StartError::Parents)?;
+        let runtime = Runtime::new(config, None, Some(&audit)).map_err(StartError::Parents)?;
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
@@ -290,7 +291,8 @@ impl Gateway {
             }
             Err(e) => Err(e.to_string()),
         };
-        let outcome = loaded.and_then(|config| Runtime::new(config, Some(&current)));
+        let audit = &self.shared.audit;
+        let outcome = loaded.and_then(|config| Runtime::new(config, Some(&current), Some(audit)));
         match outcome {
             Ok(runtime) => {
                 if runtime.config.listen.proxy != current.config.listen.proxy {

@@ -1,5 +1,6 @@
 //! The `passerelle` command: run the gateway, check a configuration, print the defaults,
 //! hash a password for `nt_hash_file`.
+#![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};

@@ -85,7 +85,7 @@ impl Metrics {
                 self.reloads.get_or_create(&ResultLabels { result }).inc();
                 return;
             }
-            EventKind::Start | EventKind::Rotate => return,
+            EventKind::Start | EventKind::Rotate | EventKind::Account => return,
             _ => {}
         }
         let kind = match (event.event, event.method.as_deref()) {

@@ -26,7 +26,11 @@ impl Runtime {
     /// What `config` runs on; parents whose settings `previous` shares keep what was learnt.
     /// The rate limiter carries its buckets over when the limits did not change: a reload
     /// must not hand every client a fresh burst.
-    pub fn new(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
+    pub fn new(
+        config: Config,
+        previous: Option<&Runtime>,
+        audit: Option<&AuditLog>,
+    ) -> Result<Runtime, String> {
         let limits = &config.limits;
         let limiter = match previous {
             Some(p)
@@ -42,6 +46,7 @@ impl Runtime {
                 &config.upstreams,
                 &config.listen.via,
                 previous.map(|r| &r.parents),
+                audit,
             )?,
             limiter,
             config,

@@ -161,6 +161,13 @@ impl Squid {
     }
 
     pub async fn with_auth(auth: SquidAuth<'_>, hosts: &[&str]) -> Squid {
+        Squid::denying(auth, hosts, &[]).await
+    }
+
+    /// Squid authenticating as `auth` that refuses the destinations `denied` with a 407 after
+    /// accepting the credentials: `http_access deny <denied> authed`, an access line ending with
+    /// an authentication ACL, as sites write them.
+    pub async fn denying(auth: SquidAuth<'_>, hosts: &[&str], denied: &[&str]) -> Squid {
         let squid = ["/usr/sbin/squid", "/usr/bin/squid"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -225,9 +232,18 @@ impl Squid {
                  shutdown_lifetime 0 seconds\n\
                  {auth_param}\
                  acl authed proxy_auth REQUIRED\n\
+                 {deny}\
                  http_access allow authed\n\
                  http_access deny all\n",
-                d = d.display()
+                d = d.display(),
+                deny = if denied.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "acl denied_dst dstdomain {}\nhttp_access deny denied_dst authed\n",
+                        denied.join(" ")
+                    )
+                },
             );
             write_world_readable(&d.join("squid.conf"), &conf);
             let mut cmd = Command::new(squid);
@@ -441,6 +457,61 @@ impl Kdc {
     pub fn add_keytab_user(&self, name: &str, keytab: &Path) {
         self.admin(&format!("addprinc +requires_preauth -randkey {name}"));
         self.admin(&format!("ktadd -k {} {name}", keytab.display()));
+    }
+
+    /// A lockout policy on `name`, as a domain has: `maxfailure` bad passwords within 30 minutes
+    /// lock the account for an hour.
+    pub fn lockout(&self, name: &str, maxfailure: u32) {
+        self.admin(&format!(
+            "addpol -maxfailure {maxfailure} -failurecountinterval \"30 minutes\" -lockoutduration \"1 hour\" lockout-{name}"
+        ));
+        self.admin(&format!("modprinc -policy lockout-{name} {name}"));
+    }
+
+    /// The KDC's count of `name`'s failed attempts, and whether it is locked, as `getprinc`
+    /// prints them.
+    pub fn failures(&self, name: &str) -> (u32, bool) {
+        let text = self.admin(&format!("getprinc {name}"));
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Failed password attempts: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        // A locked principal shows its lockout in getprinc's "Last failed authentication" and
+        // refuses kinit; the count reaching the policy's maximum is the lock.
+        let policy_max = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Policy: "))
+            .map(|p| self.admin(&format!("getpol {}", p.trim())))
+            .and_then(|pol| {
+                pol.lines()
+                    .find_map(|l| l.strip_prefix("Maximum password failures before lockout: "))
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+            })
+            .unwrap_or(0);
+        (count, policy_max > 0 && count >= policy_max)
+    }
+
+    /// Gives `name` a new random key (a password changed at the domain): keytabs made before
+    /// are stale.
+    pub fn rotate_key(&self, name: &str) {
+        self.admin(&format!("cpw -randkey {name}"));
+    }
+
+    /// Writes `name`'s current key to `keytab` without changing it (what `adcli`, `msktutil`
+    /// or an administrator's `ktadd -norandkey` leaves after a rotation).
+    pub fn export_key(&self, name: &str, keytab: &Path) {
+        self.admin(&format!("ktadd -k {} -norandkey {name}", keytab.display()));
+    }
+
+    /// Stops the KDC answering (SIGSTOP) or lets it answer again (SIGCONT).
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &self._child.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
     }
 
     /// A service principal (`HTTP/parent.test`) and its keytab.

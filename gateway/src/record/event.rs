@@ -22,6 +22,8 @@ pub enum EventKind {
     Rotate,
     /// A UDP flow routed through the jump host.
     Udp,
+    /// The gateway's own account, refused by the domain or a parent.
+    Account,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -80,6 +82,9 @@ pub struct AuditEvent {
     pub duration_ms: u64,
     #[serde(default)]
     pub sni: Option<String>,
+    /// Account records: the account refused (`DOMAIN\\user`, `user@REALM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Start time in milliseconds since the Unix epoch (Squid's time field).
     #[serde(skip)]
     pub started_ms: u64,

@@ -102,6 +102,7 @@ reasons! {
     ParentAuthUnsupported = "parent_auth_unsupported", "le proxy de l'établissement demande une authentification que la passerelle n'est pas configurée pour faire", "the site's proxy asks for an authentication the gateway is not set up for";
     ParentAuthProtocol = "parent_auth_protocol", "l'authentification auprès du proxy de l'établissement a échoué", "authentication with the site's proxy failed";
     ParentProtocol = "parent_protocol", "le proxy de l'établissement a interrompu l'échange", "the site's proxy broke off the exchange";
+    AccountRefused = "account_refused", "le compte de la passerelle a été refusé par le domaine : rien n'est présenté avant que son secret change ou la prochaine tentative", "the domain refused the gateway's account: nothing is presented until its secret changes or the next attempt";
     ParentRefused = "parent_refused", "le proxy de l'établissement refuse cette destination", "the site's proxy refuses this destination";
     // Kerberos toward the site's proxy.
     KerberosUnavailable = "kerberos_unavailable", "Kerberos n'est pas installé sur la passerelle", "Kerberos is not installed on the gateway";

@@ -8,18 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::limits::deadline;
 
-/// Time, injectable so the back-off and cool-down rules can be tested without waiting.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Instant;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
+use super::clock::Clock;
 
 /// The state a parent is in, for metrics and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +57,13 @@ struct Inner {
     proven: bool,
 }
 
-/// The right to send credentials that are not proven yet; dropped when the verdict is in.
-pub struct Turn(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+/// The right to present credentials that are not proven yet (one request at a time tests
+/// them); dropped when the verdict is in.
+pub struct Trial(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
 
-impl std::fmt::Debug for Turn {
+impl std::fmt::Debug for Trial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Turn")
+        f.write_str("Trial")
     }
 }
 
@@ -168,13 +158,19 @@ impl Health {
         self.inner().proven = true;
     }
 
+    /// The credentials are unproven again (refused, or a new secret): the next are tested by
+    /// one request alone.
+    pub fn unproven(&self) {
+        self.inner().proven = false;
+    }
+
     pub fn is_proven(&self) -> bool {
         self.inner().proven
     }
 
     /// Waits for the right to send credentials: at once when they are proven, else behind
     /// the one request testing them. `Err` with the time left when the parent refused them.
-    pub async fn credentials_turn(&self) -> Result<Option<Turn>, Duration> {
+    pub async fn credentials_trial(&self) -> Result<Option<Trial>, Duration> {
         if let Some(left) = self.backoff_left() {
             return Err(left);
         }
@@ -189,39 +185,14 @@ impl Health {
         if self.is_proven() {
             return Ok(None);
         }
-        Ok(Some(Turn(guard)))
+        Ok(Some(Trial(guard)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// A clock that moves only when told.
-    struct Manual {
-        start: Instant,
-        offset_ms: AtomicU64,
-    }
-
-    impl Manual {
-        fn new() -> Arc<Manual> {
-            Arc::new(Manual {
-                start: Instant::now(),
-                offset_ms: AtomicU64::new(0),
-            })
-        }
-        fn advance(&self, d: Duration) {
-            self.offset_ms
-                .fetch_add(d.as_millis() as u64, Ordering::SeqCst);
-        }
-    }
-
-    impl Clock for Manual {
-        fn now(&self) -> Instant {
-            self.start + Duration::from_millis(self.offset_ms.load(Ordering::SeqCst))
-        }
-    }
+    use crate::upstream::clock::Manual;
 
     fn health(clock: &Arc<Manual>) -> Health {
         Health::new(
@@ -263,9 +234,9 @@ mod tests {
         let clock = Manual::new();
         let h = health(&clock);
         // Unproven: the first caller gets the turn; a second waits behind it.
-        let turn = h.credentials_turn().await.unwrap();
+        let turn = h.credentials_trial().await.unwrap();
         assert!(turn.is_some());
-        let waiting = tokio::time::timeout(Duration::from_millis(50), h.credentials_turn());
+        let waiting = tokio::time::timeout(Duration::from_millis(50), h.credentials_trial());
         assert!(
             waiting.await.is_err(),
             "a second request tested credentials"
@@ -273,29 +244,29 @@ mod tests {
         h.refused();
         drop(turn);
         // The verdict reaches the one that waited: back-off, not another attempt.
-        let left = h.credentials_turn().await.unwrap_err();
+        let left = h.credentials_trial().await.unwrap_err();
         assert_eq!(left, Duration::from_secs(60));
         assert_eq!(h.state(), State::Backoff);
         clock.advance(Duration::from_secs(59));
-        assert!(h.credentials_turn().await.is_err());
+        assert!(h.credentials_trial().await.is_err());
         clock.advance(Duration::from_secs(1));
         // After the back-off: one test again, and once accepted nobody waits.
-        let turn = h.credentials_turn().await.unwrap();
+        let turn = h.credentials_trial().await.unwrap();
         assert!(turn.is_some());
         h.accepted();
         drop(turn);
-        assert!(h.credentials_turn().await.unwrap().is_none());
-        assert!(h.credentials_turn().await.unwrap().is_none());
+        assert!(h.credentials_trial().await.unwrap().is_none());
+        assert!(h.credentials_trial().await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn an_accepted_verdict_releases_those_waiting_without_a_turn() {
         let clock = Manual::new();
         let h = Arc::new(health(&clock));
-        let turn = h.credentials_turn().await.unwrap();
+        let turn = h.credentials_trial().await.unwrap();
         let waiter = {
             let h = h.clone();
-            tokio::spawn(async move { h.credentials_turn().await.map(|t| t.is_some()) })
+            tokio::spawn(async move { h.credentials_trial().await.map(|t| t.is_some()) })
         };
         tokio::task::yield_now().await;
         h.accepted();

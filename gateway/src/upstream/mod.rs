@@ -2,10 +2,14 @@
 //! forwarded requests, and a watcher that probes idle parents so that readiness tells the
 //! truth before traffic finds out. Never a direct fallback.
 
+mod account;
+mod clock;
 mod error;
+mod exchange;
 mod health;
 mod parent;
 mod request;
+mod secret;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +19,7 @@ use hyper::body::Incoming;
 use passerelle_config::{Flow, Target, Upstream};
 use tokio_util::sync::CancellationToken;
 
+pub use account::Accounts;
 pub use error::{Sent, UpstreamError};
 pub use health::State;
 pub use parent::{Parent, Timeouts};
@@ -28,6 +33,9 @@ pub struct Parents {
     list: Vec<Arc<Parent>>,
     /// Our `Via` token, sent on CONNECT too so that a parent that is ourselves is caught.
     via: String,
+    /// The accounts the parents present, with what the domain said of them: kept across
+    /// reloads.
+    accounts: Arc<Accounts>,
 }
 
 /// The parents to try for one request, in order, and what the failures so far say.
@@ -79,22 +87,31 @@ impl Failover {
 
 impl Parents {
     /// Builds the parents; those whose settings did not change keep what `previous` learnt
-    /// (their scheme, health, pooled connections and counters).
+    /// (their scheme, health, pooled connections and counters), and every account keeps what
+    /// the domain said of it. `audit` records the account's refusals (none for `doctor`).
     pub fn new(
         upstreams: &[Upstream],
         via: &str,
         previous: Option<&Parents>,
+        audit: Option<&crate::audit::AuditLog>,
     ) -> Result<Parents, String> {
+        let accounts = previous.map_or_else(Arc::default, |p| p.accounts.clone());
         let mut list = Vec::with_capacity(upstreams.len());
         for u in upstreams {
-            let learnt = previous
+            let kept = previous
                 .and_then(|p| p.list.iter().find(|old| old.same_as(u)))
-                .map(|old| old.learnt.clone());
-            list.push(Arc::new(Parent::new(u, learnt)?));
+                .map(|old| old.state.clone());
+            let negotiator = match &kept {
+                Some(_) => None,
+                None => parent::initiator(u),
+            };
+            let parent = Parent::new(u, kept, negotiator, &accounts, audit.cloned())?;
+            list.push(Arc::new(parent));
         }
         Ok(Parents {
             list,
             via: via.to_string(),
+            accounts,
         })
     }
 
@@ -109,7 +126,7 @@ impl Parents {
             .list
             .iter()
             .cloned()
-            .partition(|p| !p.learnt.health.is_down());
+            .partition(|p| !p.state.health.is_down());
         up.into_iter().chain(down).collect()
     }
 
@@ -248,7 +265,7 @@ pub async fn watch(current: impl Fn() -> (Vec<Arc<Parent>>, Duration), closing: 
             let down: Vec<String> = parents
                 .iter()
                 .filter_map(|p| {
-                    p.learnt
+                    p.state
                         .health
                         .down_for()
                         .map(|d| format!("{} (for {}s)", p.url, d.as_secs()))

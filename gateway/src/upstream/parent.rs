@@ -3,6 +3,7 @@
 //! learnt of it (the scheme it demands, its health, its counters), which a reload that leaves
 //! its settings unchanged keeps.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,20 +17,25 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use passerelle_auth::{
-    parse_challenges, AuthError, AuthMode, Challenge, Credentials, Handshake, NegotiateError,
-    Negotiator, Scheme,
+    parse_challenges, AuthError, AuthMode, Challenge, Handshake, NegotiateError, Negotiator, Scheme,
 };
 use passerelle_config::{Flow, Host, KerberosSource, Target, Upstream};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::account::{Account, Accounts, Backoff, Fingerprint, Held, Refusal};
+use super::clock::SystemClock;
 use super::error::{Sent, UpstreamError};
-use super::health::{Change, Health, SystemClock, Turn};
+use super::exchange::{self, Demand, KerberosStanding, Next, Rejection};
+use super::health::{Change, Health, State, Trial};
 use super::request::{Leg, Outgoing};
+use super::secret::{Current, Secret};
+use crate::audit::AuditLog;
 use crate::body::Body;
 use crate::connect::{connect_any, lookup, BoxedIo};
 use crate::connect::{ConnectError, Hop};
 use crate::pool::Pool;
+use crate::record::{AuditEvent, Decision, EventKind, Reason};
 
 /// A parent refusing credentials says so at once (it asks its domain controller and answers
 /// 407); one still silent after this long is carrying the request on. The probe gate opens
@@ -56,13 +62,17 @@ pub struct Parent {
     pub url: String,
     settings: Upstream,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    credentials: Option<Arc<Credentials>>,
+    secret: Secret,
+    /// The account it presents, shared with every parent presenting it (none: no credentials).
+    account: Option<Arc<Account>>,
     workstation: Arc<str>,
-    pub learnt: Arc<Learnt>,
+    /// Where the refusals of the account are recorded (none: `doctor`, which writes no audit).
+    audit: Option<AuditLog>,
+    pub state: Arc<ParentState>,
 }
 
-/// What a parent taught the gateway.
-pub struct Learnt {
+/// What the gateway keeps of a parent across reloads that leave its settings unchanged.
+pub struct ParentState {
     pub health: Health,
     demand: Mutex<Demand>,
     pool: Arc<Pool<()>>,
@@ -74,14 +84,17 @@ pub struct Learnt {
     last_handshake: Mutex<Option<std::time::SystemTime>>,
     /// When the parent last answered, or a health probe last started.
     last_checked: Mutex<Instant>,
+    /// The secret this parent accepted since its last refusal: a 407 to it then refuses a
+    /// destination, not the account.
+    proven: Mutex<Option<Fingerprint>>,
+    /// Destinations the parent refused after accepting the account, until they may go again.
+    refused: Mutex<HashMap<String, DestinationHold>>,
 }
 
-/// What the parent asks of a request before forwarding it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Demand {
-    Unknown,
-    Nothing,
-    Scheme(Scheme),
+/// A destination a parent refused, and when it may be asked again.
+struct DestinationHold {
+    until: Instant,
+    delay: Duration,
 }
 
 /// How an attempt through a pooled connection ended.
@@ -109,15 +122,54 @@ impl From<TrySendError<Request<Body>>> for Failure {
     }
 }
 
+/// The Kerberos initiator of a parent's settings, if it speaks Negotiate.
+pub fn initiator(settings: &Upstream) -> Option<Arc<passerelle_kerberos::Initiator>> {
+    let k = settings.kerberos.as_ref()?;
+    let source = match &k.source {
+        KerberosSource::Keytab(path) => passerelle_kerberos::Source::Keytab(path.clone()),
+        KerberosSource::Password(passerelle_auth::Secret::Password(p)) => {
+            passerelle_kerberos::Source::Password(p.clone().into())
+        }
+        KerberosSource::Password(_) | KerberosSource::Cache => passerelle_kerberos::Source::Cache,
+    };
+    Some(Arc::new(passerelle_kerberos::Initiator::new(
+        k.principal.clone(),
+        source,
+        k.spn.clone(),
+    )))
+}
+
+/// The name the domain knows the account by: `DOMAIN\user`, or the Kerberos principal (or,
+/// without one, where the credentials come from).
+pub fn account_name(settings: &Upstream) -> Option<String> {
+    match (&settings.credentials, &settings.kerberos) {
+        (_, Some(k)) if k.principal.is_some() => k.principal.clone(),
+        (Some(c), _) => Some(c.account()),
+        (None, Some(k)) => Some(match &k.source {
+            KerberosSource::Keytab(path) => format!("the principal of {}", path.display()),
+            _ => "the default principal".to_string(),
+        }),
+        (None, None) => None,
+    }
+}
+
 impl Parent {
-    pub fn new(settings: &Upstream, learnt: Option<Arc<Learnt>>) -> Result<Parent, String> {
+    /// A parent of `settings`: its account (shared through `accounts`), and what `kept` from
+    /// before a reload knew of it (else a new state with `negotiator`).
+    pub fn new(
+        settings: &Upstream,
+        kept: Option<Arc<ParentState>>,
+        negotiator: Option<Arc<passerelle_kerberos::Initiator>>,
+        accounts: &Accounts,
+        audit: Option<AuditLog>,
+    ) -> Result<Parent, String> {
         let tls = if settings.tls {
             Some(tls_for(settings)?)
         } else {
             None
         };
-        let learnt = learnt.unwrap_or_else(|| {
-            Arc::new(Learnt {
+        let state = kept.unwrap_or_else(|| {
+            Arc::new(ParentState {
                 health: Health::new(
                     Arc::new(SystemClock),
                     settings.auth_backoff,
@@ -125,37 +177,33 @@ impl Parent {
                 ),
                 demand: Mutex::new(Demand::Unknown),
                 pool: Pool::waiting(RETURNING_WAIT),
-                negotiator: settings.kerberos.as_ref().map(|k| {
-                    let source = match &k.source {
-                        KerberosSource::Keytab(path) => {
-                            passerelle_kerberos::Source::Keytab(path.clone())
-                        }
-                        KerberosSource::Password(passerelle_auth::Secret::Password(p)) => {
-                            passerelle_kerberos::Source::Password(p.clone().into())
-                        }
-                        KerberosSource::Password(_) | KerberosSource::Cache => {
-                            passerelle_kerberos::Source::Cache
-                        }
-                    };
-                    Arc::new(passerelle_kerberos::Initiator::new(
-                        k.principal.clone(),
-                        source,
-                        k.spn.clone(),
-                    ))
-                }),
+                negotiator,
                 handshakes: Default::default(),
                 auth_failures: AtomicU64::new(0),
                 last_handshake: Mutex::new(None),
                 last_checked: Mutex::new(Instant::now()),
+                proven: Mutex::new(None),
+                refused: Mutex::new(HashMap::new()),
             })
         });
+        let backoff = Backoff {
+            first: settings.auth_backoff,
+            max: settings.auth_backoff_max,
+        };
+        let name = account_name(settings);
+        let account = name
+            .as_deref()
+            .map(|name| accounts.get(name, backoff, Arc::new(SystemClock)));
+        let user = settings.kerberos.as_ref().and_then(|k| k.principal.clone());
         Ok(Parent {
             url: settings.url.clone(),
             settings: settings.clone(),
             tls,
-            credentials: settings.credentials.clone().map(Arc::new),
+            secret: Secret::new(settings, user),
+            account,
             workstation: Arc::from(settings.workstation.as_str()),
-            learnt,
+            audit,
+            state,
         })
     }
 
@@ -170,7 +218,7 @@ impl Parent {
 
     /// Time since the parent last answered or was probed.
     pub fn quiet_for(&self) -> Duration {
-        self.learnt
+        self.state
             .last_checked
             .lock()
             .map(|t| t.elapsed())
@@ -178,7 +226,7 @@ impl Parent {
     }
 
     fn touch(&self) {
-        if let Ok(mut t) = self.learnt.last_checked.lock() {
+        if let Ok(mut t) = self.state.last_checked.lock() {
             *t = Instant::now();
         }
     }
@@ -203,11 +251,43 @@ impl Parent {
 
     /// When our credentials were last accepted.
     pub fn last_handshake(&self) -> Option<std::time::SystemTime> {
-        self.learnt.last_handshake.lock().ok().and_then(|at| *at)
+        self.state.last_handshake.lock().ok().and_then(|at| *at)
+    }
+
+    /// The account's name and what the domain holds against it now, if it holds anything.
+    pub fn account_held(&self) -> Option<(String, Held)> {
+        let account = self.account.as_ref()?;
+        let held = account
+            .may_present(&self.secret.current().fingerprint)
+            .err()?;
+        Some((account.name.clone(), held))
+    }
+
+    /// The parent's state for metrics and readiness: a parent whose account is held is in
+    /// back-off like one that refused our credentials.
+    pub fn status(&self) -> State {
+        match self.state.health.state() {
+            State::Up if self.account_held().is_some() => State::Backoff,
+            state => state,
+        }
+    }
+
+    /// The state in words for people (status page, readiness, doctor).
+    pub fn status_words(&self) -> String {
+        if let Some((account, held)) = self.account_held() {
+            return describe_held(&account, &held, &self.secret.current().source);
+        }
+        match (self.state.health.state(), self.state.health.backoff_left()) {
+            (State::Backoff, Some(left)) => format!(
+                "in back-off for {}s: it refused the gateway's credentials or offers nothing usable",
+                left.as_secs().max(1)
+            ),
+            (state, _) => state.as_str().to_string(),
+        }
     }
 
     fn demand(&self) -> Demand {
-        self.learnt
+        self.state
             .demand
             .lock()
             .map(|d| d.clone())
@@ -215,7 +295,7 @@ impl Parent {
     }
 
     fn learn(&self, demand: Demand) {
-        if let Ok(mut d) = self.learnt.demand.lock() {
+        if let Ok(mut d) = self.state.demand.lock() {
             *d = demand;
         }
     }
@@ -223,14 +303,14 @@ impl Parent {
     /// The parent answered something: it is up.
     fn answered(&self) {
         self.touch();
-        if self.learnt.health.answered() == Change::CameBack {
+        if self.state.health.answered() == Change::CameBack {
             tracing::info!(upstream.url = %self.url, "parent.up: answering again");
         }
     }
 
     /// Its transport failed: down for the cool-down (said once, not per request).
     pub fn transport_failed(&self, error: &UpstreamError) {
-        if self.learnt.health.failed() == Change::WentDown {
+        if self.state.health.failed() == Change::WentDown {
             tracing::warn!(
                 upstream.url = %self.url,
                 error = %error,
@@ -248,24 +328,169 @@ impl Parent {
     }
 
     pub fn check_backoff(&self) -> Result<(), UpstreamError> {
-        match self.learnt.health.backoff_left() {
+        match self.state.health.backoff_left() {
             Some(left) => Err(self.backoff(left)),
             None => Ok(()),
         }
     }
 
-    fn auth_failed(&self, source: AuthError) -> UpstreamError {
-        if source.backs_off() {
-            self.learnt.auth_failures.fetch_add(1, Ordering::Relaxed);
-            self.learnt.health.refused();
-            self.learnt.pool.clear();
+    /// A destination this parent refused after accepting the account: refused again at once,
+    /// without a handshake, until its hold ends.
+    fn check_destination(&self, destination: &str) -> Result<(), UpstreamError> {
+        let refused = self.state.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match refused.get(destination) {
+            Some(hold) if hold.until > Instant::now() => Err(UpstreamError::DestinationRefused {
+                parent: self.url.clone(),
+                destination: destination.to_string(),
+                seconds: (hold.until - Instant::now()).as_secs().max(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The parent refused `destination` although it accepted the account: it waits (the
+    /// account's back-off, doubling per refusal of the same destination), and the account is
+    /// in doubt until its next success.
+    fn destination_refused(
+        &self,
+        destination: &str,
+        may_have_counted: bool,
+        secret: &Current,
+    ) -> UpstreamError {
+        let first = self.settings.auth_backoff;
+        let max = self.settings.auth_backoff_max;
+        let seconds = {
+            let mut refused = self.state.refused.lock().unwrap_or_else(|p| p.into_inner());
+            refused.retain(|_, hold| hold.until + hold.delay > Instant::now());
+            if refused.len() > 1024 {
+                refused.clear();
+            }
+            let hold = refused
+                .entry(destination.to_string())
+                .or_insert(DestinationHold {
+                    until: Instant::now(),
+                    delay: first,
+                });
+            hold.until = Instant::now() + hold.delay;
+            let seconds = hold.delay.as_secs().max(1);
+            hold.delay = (hold.delay * 2).min(max);
+            seconds
+        };
+        *self.state.proven.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if may_have_counted {
+            if let Some(account) = &self.account {
+                account.may_have_counted(&secret.fingerprint);
+            }
+        }
+        tracing::warn!(
+            upstream.url = %self.url,
+            destination,
+            wait = seconds,
+            "parent.refused_destination: 407 to an account it accepted; this destination waits, the account does not"
+        );
+        UpstreamError::DestinationRefused {
+            parent: self.url.clone(),
+            destination: destination.to_string(),
+            seconds,
+        }
+    }
+
+    /// The domain (or the parent, for it) refused the account's `secret`: held for the
+    /// back-off or until the secret changes; the first refusal of a secret is said once in the
+    /// log and the audit.
+    fn account_refused(&self, secret: &Current, counts: bool, source: &AuthError) {
+        self.state.auth_failures.fetch_add(1, Ordering::Relaxed);
+        self.state.health.unproven();
+        self.state.pool.clear();
+        *self.state.proven.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let Some(account) = &self.account else {
+            return;
+        };
+        let why = source.to_string();
+        if account.refused(&secret.fingerprint, counts, &why) == Refusal::Again {
+            return;
+        }
+        let held = account.may_present(&secret.fingerprint).err();
+        let until = held
+            .as_ref()
+            .map(|h| humantime::format_rfc3339_seconds(h.until()).to_string())
+            .unwrap_or_default();
+        tracing::error!(
+            upstream.url = %self.url,
+            account = %account.name,
+            secret = %secret.source,
+            error = %why,
+            next_attempt = %until,
+            "parent.auth.refused: not presented again until its secret changes or the next attempt"
+        );
+        if let Some(audit) = &self.audit {
+            let detail = format!(
+                "the account {} was refused ({why}); nothing is presented until {} changes, or at {until}",
+                account.name, secret.source
+            );
+            audit.event(AuditEvent {
+                event: EventKind::Account,
+                decision: Some(Decision::Deny),
+                reason: Some(Reason::from(source)),
+                detail: Some(detail),
+                route: Some(self.url.clone()),
+                account: Some(account.name.clone()),
+                ..AuditEvent::default()
+            });
+        }
+    }
+
+    /// A refusal of the handshake, classified: the destination, the account (held), the parent
+    /// (a back-off: it refuses our tickets, or offers nothing we can use), or neither (a failure
+    /// on our side that the next request may not meet).
+    fn auth_failed(
+        &self,
+        source: AuthError,
+        scheme: Option<&Scheme>,
+        secret: &Current,
+        destination: &str,
+    ) -> UpstreamError {
+        let parent_backoff = match &source {
+            AuthError::Rejected { .. } => {
+                let proven_here = self
+                    .state
+                    .proven
+                    .lock()
+                    .map(|p| p.as_ref() == Some(&secret.fingerprint))
+                    .unwrap_or(false);
+                match exchange::rejection(scheme.unwrap_or(&Scheme::Ntlm), proven_here) {
+                    Rejection::Destination { may_have_counted } => {
+                        return self.destination_refused(destination, may_have_counted, secret)
+                    }
+                    Rejection::Credentials { counts } => {
+                        self.account_refused(secret, counts, &source);
+                        false
+                    }
+                    Rejection::Tickets => true,
+                }
+            }
+            AuthError::Kerberos(e) => match exchange::kerberos_standing(e.failure) {
+                KerberosStanding::Hold { counts } => {
+                    self.account_refused(secret, counts, &source);
+                    false
+                }
+                KerberosStanding::Pass => false,
+            },
+            AuthError::NotConfigured { .. }
+            | AuthError::Unsupported { .. }
+            | AuthError::SchemeNotOffered { .. } => true,
+            AuthError::NoChallenge | AuthError::Ntlm(_) => false,
+        };
+        if parent_backoff {
+            self.state.auth_failures.fetch_add(1, Ordering::Relaxed);
+            self.state.health.refused();
+            self.state.pool.clear();
             // Logged once per back-off: the next attempt comes only after it.
             tracing::error!(
                 upstream.url = %self.url,
-                account = %self.credentials.as_ref().map(|c| c.account()).unwrap_or_default(),
                 error = %source,
                 backoff = ?self.settings.auth_backoff,
-                "parent.auth.failed: not sending credentials again during the back-off"
+                "parent.auth.failed: not asking this parent again during the back-off"
             );
         }
         UpstreamError::Auth {
@@ -350,8 +575,9 @@ impl Parent {
         timeouts: &Timeouts,
     ) -> Result<BoxedIo, UpstreamError> {
         self.check_backoff()?;
-        let conn = self.open(timeouts.connect).await?;
         let mut req = Outgoing::connect(target, via);
+        self.check_destination(&req.destination())?;
+        let conn = self.open(timeouts.connect).await?;
         let (resp, _conn) = self
             .exchange(conn, &mut req, self.mode_for(flow), timeouts)
             .await?;
@@ -381,8 +607,9 @@ impl Parent {
         timeouts: &Timeouts,
     ) -> Result<Response<Incoming>, UpstreamError> {
         self.check_backoff()?;
+        self.check_destination(&req.destination())?;
         let mode = self.mode_for(flow);
-        while let Some(conn) = self.learnt.pool.checkout(&()).await {
+        while let Some(conn) = self.state.pool.checkout(&()).await {
             match self.send_pooled(conn, req, mode, timeouts).await {
                 Pooled::Answered(resp) => return Ok(resp),
                 Pooled::Stale => continue,
@@ -391,10 +618,13 @@ impl Parent {
         }
         let conn = self.open(timeouts.connect).await?;
         let (resp, conn) = self.exchange(conn, req, mode, timeouts).await?;
-        self.learnt.pool.checkin_when_ready((), conn);
+        self.state.pool.checkin_when_ready((), conn);
         Ok(resp)
     }
 
+    /// On a pooled connection, which NTLM and Negotiate authenticated once: no credentials go
+    /// (Basic's go with each request, so a pooled Basic request is a new presentation: it goes
+    /// the handshake's way instead).
     async fn send_pooled(
         &self,
         mut conn: SendRequest<Body>,
@@ -402,29 +632,29 @@ impl Parent {
         mode: AuthMode,
         timeouts: &Timeouts,
     ) -> Pooled {
-        // Connection-bound schemes authenticated the connection; Basic goes with each request.
-        let header = match (mode, self.demand()) {
-            (AuthMode::None, _) => None,
-            (_, Demand::Scheme(scheme @ Scheme::Basic)) => {
-                let mut h = self.handshake(mode);
-                h.first_header(Some(&scheme)).ok().flatten()
-            }
-            _ => None,
-        };
-        let (request, _) = req.build(header.as_deref(), Leg::Final);
+        if mode != AuthMode::None && self.demand() == Demand::Scheme(Scheme::Basic) {
+            return match self.exchange(conn, req, mode, timeouts).await {
+                Ok((resp, conn)) => {
+                    self.state.pool.checkin_when_ready((), conn);
+                    Pooled::Answered(resp)
+                }
+                Err(e) => Pooled::Failed(e),
+            };
+        }
+        let (request, _) = req.build(None, Leg::Final);
         match self
             .answer(conn.try_send_request(request), timeouts.response, None)
             .await
         {
             Ok(resp) if resp.status() != StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
                 self.answered();
-                self.learnt.pool.checkin_when_ready((), conn);
+                self.state.pool.checkin_when_ready((), conn);
                 Pooled::Answered(resp)
             }
             Ok(resp) => {
                 self.answered();
                 drain(resp).await;
-                if !req.replayable() {
+                if !exchange::pooled_407(req.replayable()) {
                     return Pooled::Failed(self.protocol(
                         "asked to authenticate again after the request body was sent; nothing was delivered",
                     ));
@@ -453,9 +683,24 @@ impl Parent {
         }
     }
 
-    fn handshake(&self, mode: AuthMode) -> Handshake {
+    /// The secret as it is now; a Kerberos password rewritten in its file reaches the
+    /// initiator, and a rewritten keytab makes it acquire its tickets again.
+    fn current_secret(&self) -> Current {
+        let current = self.secret.current();
+        if let Some(initiator) = &self.state.negotiator {
+            let known = self.state.proven.lock().map(|p| p.clone()).ok().flatten();
+            if let Some(password) = &current.kerberos_password {
+                initiator.set_password(password.clone());
+            } else if known.is_some_and(|k| k != current.fingerprint) {
+                initiator.forget();
+            }
+        }
+        current
+    }
+
+    fn handshake(&self, mode: AuthMode, secret: &Current) -> Handshake {
         let negotiator = self
-            .learnt
+            .state
             .negotiator
             .clone()
             .map(|n| n as Arc<dyn Negotiator>);
@@ -464,17 +709,58 @@ impl Parent {
             .kerberos
             .as_ref()
             .is_some_and(|k| k.fallback_ntlm);
-        Handshake::new(mode, self.credentials.clone(), self.workstation.clone())
+        Handshake::new(mode, secret.credentials.clone(), self.workstation.clone())
             .with_negotiator(negotiator, fallback)
     }
 
-    /// The right to test unproven credentials (at once when they are proven).
-    async fn turn(&self) -> Result<Option<Turn>, UpstreamError> {
-        self.learnt
+    /// The right to present the account: not while the parent is in back-off or the account
+    /// is held (a 502 at once, no wait), and while unproven, one request at a time.
+    async fn trial(&self, secret: &Current) -> Result<Option<Trial>, UpstreamError> {
+        let check = || -> Result<(), UpstreamError> {
+            self.check_backoff()?;
+            if let Some(account) = &self.account {
+                if let Err(held) = account.may_present(&secret.fingerprint) {
+                    return Err(UpstreamError::AccountHeld {
+                        parent: self.url.clone(),
+                        detail: describe_held(&account.name, &held, &secret.source),
+                    });
+                }
+            }
+            Ok(())
+        };
+        check()?;
+        let proven = self.state.proven.lock().map(|p| p.clone()).ok().flatten();
+        if proven.is_some_and(|p| p != secret.fingerprint) {
+            // A new secret: tested like any unproven one.
+            self.state.health.unproven();
+        }
+        let trial = self
+            .state
             .health
-            .credentials_turn()
+            .credentials_trial()
             .await
-            .map_err(|left| self.backoff(left))
+            .map_err(|left| self.backoff(left))?;
+        // While it waited, the request ahead may have been refused.
+        check()?;
+        Ok(trial)
+    }
+
+    /// The account was accepted with `secret`: proven here, and the domain's count reset.
+    fn accepted(&self, secret: &Current, scheme: Option<&Scheme>) {
+        let slot = match scheme {
+            Some(Scheme::Basic) => 0,
+            Some(Scheme::Negotiate) => 2,
+            _ => 1,
+        };
+        self.state.handshakes[slot].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut at) = self.state.last_handshake.lock() {
+            *at = Some(std::time::SystemTime::now());
+        }
+        *self.state.proven.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(secret.fingerprint.clone());
+        if let Some(account) = &self.account {
+            account.accepted();
+        }
     }
 
     /// Runs a handshake step. Negotiate's may ask the KDC: those run on the blocking pool,
@@ -484,11 +770,12 @@ impl Parent {
         handshake: &mut Handshake,
         timeout: Duration,
         f: impl FnOnce(&mut Handshake) -> Result<T, AuthError> + Send + 'static,
-    ) -> Result<T, UpstreamError> {
+    ) -> Result<T, AuthError> {
         if !handshake.may_block() {
-            return f(handshake).map_err(|e| self.auth_failed(e));
+            return f(handshake);
         }
-        let mut owned = std::mem::replace(handshake, self.handshake(AuthMode::None));
+        let placeholder = Handshake::new(AuthMode::None, None, self.workstation.clone());
+        let mut owned = std::mem::replace(handshake, placeholder);
         let task = tokio::task::spawn_blocking(move || {
             let result = f(&mut owned);
             (owned, result)
@@ -496,23 +783,27 @@ impl Parent {
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok((back, result))) => {
                 *handshake = back;
-                result.map_err(|e| self.auth_failed(e))
+                result
             }
-            Ok(Err(_)) => Err(self.protocol("lost its Kerberos step (the library failed)")),
-            Err(_) => Err(self.auth_failed(AuthError::Kerberos(NegotiateError {
+            Ok(Err(_)) => Err(AuthError::Kerberos(NegotiateError {
+                failure: passerelle_auth::KerberosFailure::Other,
+                detail: "the Kerberos step failed in the library".to_string(),
+            })),
+            Err(_) => Err(AuthError::Kerberos(NegotiateError {
                 failure: passerelle_auth::KerberosFailure::KdcUnreachable,
                 detail: format!(
                     "no answer from the KDC within {} (SPN {})",
                     humantime::format_duration(timeout),
-                    self.learnt.negotiator.as_ref().map_or("", |n| n.spn())
+                    self.state.negotiator.as_ref().map_or("", |n| n.spn())
                 ),
-            }))),
+            })),
         }
     }
 
     /// Sends `req` on `conn`, answering 407s until the parent says something else. The
     /// body goes only on the leg that can succeed; credentials go only to a parent that asked
-    /// for them, and while they are unproven, from one request at a time.
+    /// for them, and while they are unproven, from one request at a time; each decision is
+    /// [`exchange`]'s.
     async fn exchange(
         &self,
         mut conn: SendRequest<Body>,
@@ -520,38 +811,37 @@ impl Parent {
         mode: AuthMode,
         timeouts: &Timeouts,
     ) -> Result<(Response<Incoming>, SendRequest<Body>), UpstreamError> {
+        let destination = req.destination();
+        let secret = self.current_secret();
         let demand = self.demand();
-        let mut handshake = self.handshake(mode);
+        let mut handshake = self.handshake(mode, &secret);
         let known = match &demand {
             Demand::Scheme(scheme) => Some(scheme.clone()),
             _ => None,
         };
-        // Kerberos tests the credentials when it makes a token (the KDC sees the password),
-        // not when the parent reads it: such steps take the probe gate too.
-        let mut turn: Option<Turn> = None;
-        if handshake.may_block() && known.is_some() {
-            turn = self.turn().await?;
+        let failed =
+            |e: AuthError, h: &Handshake| self.auth_failed(e, h.scheme(), &secret, &destination);
+        let mut trial: Option<Trial> = None;
+        if exchange::kdc_before_first_leg(handshake.may_block(), known.is_some()) {
+            trial = self.trial(&secret).await?;
         }
-        let mut header = self
+        let first = self
             .step(&mut handshake, timeouts.connect, move |h| {
                 h.first_header(known.as_ref())
             })
-            .await?;
+            .await;
+        let mut header = first.map_err(|e| failed(e, &handshake))?;
         for _ in 0..MAX_LEGS {
-            let leg = if handshake.awaits_challenge() {
-                Leg::Negotiation
-            } else if header.is_none()
-                && mode != AuthMode::None
-                && demand == Demand::Unknown
-                && req.has_body()
-            {
-                Leg::FirstContact
-            } else {
-                Leg::Final
-            };
-            let with_credentials = header.is_some() && leg == Leg::Final;
-            if with_credentials && turn.is_none() {
-                turn = self.turn().await?;
+            let leg = exchange::leg(
+                handshake.awaits_challenge(),
+                header.is_some(),
+                mode,
+                &demand,
+                req.has_body(),
+            );
+            let presenting = exchange::presents_credentials(header.is_some(), leg);
+            if presenting && trial.is_none() {
+                trial = self.trial(&secret).await?;
             }
             let bound = if leg == Leg::Final && !req.is_connect() {
                 timeouts.response
@@ -559,7 +849,7 @@ impl Parent {
                 timeouts.connect
             };
             let (request, held) = req.build(header.as_deref(), leg);
-            let verdict = with_credentials.then_some(&mut turn);
+            let verdict = presenting.then_some(&mut trial);
             let resp = match self
                 .answer(conn.try_send_request(request), bound, verdict)
                 .await
@@ -580,24 +870,13 @@ impl Parent {
                     }
                 }
                 if handshake.sent_credentials() {
-                    let scheme = match handshake.scheme() {
-                        Some(Scheme::Basic) => 0,
-                        Some(Scheme::Negotiate) => 2,
-                        _ => 1,
-                    };
-                    self.learnt.handshakes[scheme].fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut at) = self.learnt.last_handshake.lock() {
-                        *at = Some(std::time::SystemTime::now());
-                    }
+                    self.accepted(&secret, handshake.scheme());
                 }
-                if mode != AuthMode::None {
-                    self.learn(match handshake.scheme() {
-                        Some(scheme) => Demand::Scheme(scheme.clone()),
-                        None => Demand::Nothing,
-                    });
+                if let Some(demand) = exchange::learnt(mode, handshake.scheme()) {
+                    self.learn(demand);
                 }
                 // Accepted, or none asked for: no account to protect, nobody waits.
-                self.learnt.health.accepted();
+                self.state.health.accepted();
                 return Ok((resp, conn));
             }
             let closing = resp
@@ -611,39 +890,49 @@ impl Parent {
                 Some(held) => req.take_back(held),
                 None => req.whole(),
             };
-            if handshake.may_block() && turn.is_none() {
-                turn = self.turn().await?;
+            if handshake.may_block() && trial.is_none() {
+                trial = self.trial(&secret).await?;
             }
             let next = self
                 .step(&mut handshake, timeouts.connect, move |h| {
                     h.on_challenge(&challenges)
                 })
-                .await?;
+                .await
+                .map_err(|e| failed(e, &handshake))?;
             if let Some(scheme) = handshake.scheme() {
                 self.learn(Demand::Scheme(scheme.clone()));
             }
-            if !body_whole {
-                return Err(self.protocol(
-                    "demanded authentication after the request body was sent; nothing was delivered",
-                ));
-            }
-            // A leg that announced a body it did not send leaves the connection out of step;
-            // a parent may stop reading after a 407 to a large body.
-            let in_step = leg == Leg::Negotiation || !req.has_body();
-            if closing || !in_step || conn.ready().await.is_err() {
-                if handshake.is_connection_bound() {
+            let ready = conn.ready().await.is_ok();
+            match exchange::after_407(
+                leg,
+                req.has_body(),
+                body_whole,
+                closing,
+                ready,
+                handshake.is_connection_bound(),
+            ) {
+                Next::SameConnection => {}
+                Next::NewConnection => conn = self.open(timeouts.connect).await?,
+                Next::BodyLost => {
+                    return Err(self.protocol(
+                        "demanded authentication after the request body was sent; nothing was delivered",
+                    ))
+                }
+                Next::HandshakeCut => {
                     return Err(self.protocol(format!(
                         "closed the connection in the middle of the {} handshake",
                         handshake.scheme().map_or("".to_string(), |s| s.to_string())
-                    )));
+                    )))
                 }
-                conn = self.open(timeouts.connect).await?;
             }
             header = Some(next);
         }
-        Err(self.auth_failed(AuthError::Rejected {
-            offered: "a handshake that does not end".to_string(),
-        }))
+        Err(failed(
+            AuthError::Rejected {
+                offered: "a handshake that does not end".to_string(),
+            },
+            &handshake,
+        ))
     }
 
     /// Waits for a leg's answer within `bound`. While this leg tests unproven credentials
@@ -652,16 +941,16 @@ impl Parent {
         &self,
         sent: impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>>,
         bound: Duration,
-        verdict: Option<&mut Option<Turn>>,
+        verdict: Option<&mut Option<Trial>>,
     ) -> Result<Response<Incoming>, Failure> {
         tokio::pin!(sent);
         let deadline = crate::limits::deadline(tokio::time::Instant::now(), bound);
-        if let Some(turn @ Some(_)) = verdict {
+        if let Some(trial @ Some(_)) = verdict {
             tokio::select! {
                 result = &mut sent => return result.map_err(Failure::from),
                 _ = tokio::time::sleep(VERDICT_WINDOW.min(bound)) => {
-                    self.learnt.health.accepted();
-                    *turn = None;
+                    self.state.health.accepted();
+                    *trial = None;
                 }
             }
         }
@@ -710,6 +999,23 @@ impl Parent {
                 after: bound,
             },
         }
+    }
+}
+
+/// An account held, in words: since when, why, until when, and what changes it.
+pub fn describe_held(account: &str, held: &Held, source: &str) -> String {
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    match held {
+        Held::Refused { since, until, why } => format!(
+            "the gateway's account {account} was refused at {} ({why}); waiting for a new secret in {source} (or the next attempt at {})",
+            at(*since),
+            at(*until)
+        ),
+        Held::Budget { until } => format!(
+            "the gateway's account {account} was refused {} times in 30 minutes; nothing is presented before {} (the domain's lockout counts them)",
+            super::account::BUDGET,
+            at(*until)
+        ),
     }
 }
 

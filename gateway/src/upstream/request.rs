@@ -101,6 +101,19 @@ impl Outgoing {
         }
     }
 
+    /// `host:port` the request is for, as the parent sees it: what a parent's refusal of one
+    /// destination is kept by.
+    pub fn destination(&self) -> String {
+        let uri = &self.parts.uri;
+        match uri.authority() {
+            Some(authority) if uri.port_u16().is_some() || self.is_connect() => {
+                authority.as_str().to_ascii_lowercase()
+            }
+            Some(authority) => format!("{}:80", authority.as_str().to_ascii_lowercase()),
+            None => uri.to_string(),
+        }
+    }
+
     pub fn is_connect(&self) -> bool {
         self.parts.method == Method::CONNECT
     }
@@ -264,5 +277,112 @@ impl http_body::Body for HeldBody {
             .ok()
             .and_then(|b| b.as_ref().map(http_body::Body::size_hint))
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn outgoing(method: Method, body: Option<&'static [u8]>, size_known: bool) -> Outgoing {
+        let body: Body = match (body, size_known) {
+            (None, _) => empty(),
+            (Some(bytes), true) => full(Bytes::from_static(bytes)),
+            // A body of unknown size: a stream, sent once.
+            (Some(bytes), false) => Streamed(Some(Bytes::from_static(bytes))).boxed_unsync(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri("http://h.example/p")
+            .body(body)
+            .unwrap();
+        Outgoing::new(req).await.unwrap()
+    }
+
+    /// A body whose size is not known beforehand (chunked, from the client).
+    struct Streamed(Option<Bytes>);
+
+    impl http_body::Body for Streamed {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn what_may_go_again() {
+        // (method, body, its size known) → safe, replayable, resendable
+        let cases = [
+            (Method::GET, None, true, true, true, true),
+            (Method::HEAD, None, true, true, true, true),
+            (Method::OPTIONS, None, true, true, true, true),
+            (Method::GET, Some(&b"q"[..]), true, true, true, true),
+            (Method::POST, Some(&b"ocsp"[..]), true, false, true, false),
+            (Method::PUT, Some(&b"x"[..]), true, false, true, false),
+            (Method::DELETE, None, true, false, true, false),
+            (
+                Method::POST,
+                Some(&b"streamed"[..]),
+                false,
+                false,
+                false,
+                false,
+            ),
+            (
+                Method::GET,
+                Some(&b"streamed"[..]),
+                false,
+                true,
+                false,
+                false,
+            ),
+        ];
+        for (method, body, known, safe, replayable, resendable) in cases {
+            let out = outgoing(method.clone(), body, known).await;
+            let what = format!("{method} {body:?} known {known}");
+            assert_eq!(out.safe(), safe, "{what}");
+            assert_eq!(out.replayable(), replayable, "{what}");
+            assert_eq!(out.resendable(), resendable, "{what}");
+            assert!(out.whole(), "{what}: nothing sent yet");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_negotiation_leg_carries_no_body_and_a_streamed_body_goes_once() {
+        let mut out = outgoing(Method::POST, Some(b"streamed"), false).await;
+        let (leg, _) = out.build(Some("NTLM x"), Leg::Negotiation);
+        assert_eq!(leg.headers()[CONTENT_LENGTH], "0");
+        assert!(leg
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+        assert!(out.whole());
+        let (last, _) = out.build(Some("NTLM y"), Leg::Final);
+        assert_eq!(last.headers()[PROXY_AUTHORIZATION], "NTLM y");
+        assert!(last.headers()[PROXY_AUTHORIZATION].is_sensitive());
+        let sent = last.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&sent[..], b"streamed");
+        assert!(!out.whole(), "a stream goes once");
+    }
+
+    #[test]
+    fn a_destination_is_host_and_port() {
+        let out = Outgoing::connect(
+            &Target {
+                host: passerelle_config::Host::parse("H.example").unwrap(),
+                port: 443,
+                kind: passerelle_config::Kind::Connect,
+            },
+            "passerelle",
+        );
+        assert_eq!(out.destination(), "h.example:443");
     }
 }

@@ -3,6 +3,7 @@
 //! starts them, for the origin given. Prints the proxy's address and pid as one JSON line;
 //! then, for each line read on stdin, what the gateway and the KDC counted so far; ends with
 //! stdin.
+#![forbid(unsafe_code)]
 
 use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -296,9 +296,18 @@ async fn twenty_requests_with_a_wrong_password_reach_the_kdc_once() {
         assert_eq!(r.status, 502, "{r:?}");
     }
     assert_eq!(kdc.preauth_failures(), 1, "{}", kdc.log());
-    let records = wait_records(&gw.audit, 20).await;
-    assert_eq!(records.len(), 20);
-    let reasons: Vec<&str> = records
+    let records = wait_records(&gw.audit, 21).await;
+    let account: Vec<&Value> = records.iter().filter(|r| r["event"] == "account").collect();
+    assert_eq!(
+        account.len(),
+        1,
+        "one record of the account's refusal: {records:?}"
+    );
+    assert_eq!(account[0]["reason"], "kerberos_preauth_failed");
+    assert_eq!(account[0]["account"], format!("{USER}@{REALM}"));
+    let requests: Vec<&Value> = records.iter().filter(|r| r["event"] == "request").collect();
+    assert_eq!(requests.len(), 20);
+    let reasons: Vec<&str> = requests
         .iter()
         .map(|r| r["reason"].as_str().unwrap_or(""))
         .collect();
@@ -313,7 +322,7 @@ async fn twenty_requests_with_a_wrong_password_reach_the_kdc_once() {
     assert!(
         reasons
             .iter()
-            .all(|r| *r == "kerberos_preauth_failed" || *r == "parent_auth_failed"),
+            .all(|r| *r == "kerberos_preauth_failed" || *r == "account_refused"),
         "{reasons:?}"
     );
     assert_eq!(origin.connections(), 0);

@@ -1,7 +1,9 @@
 //! End-to-end suites, one binary, a module per suite.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod core;
+mod credentials;
 mod durability;
 mod hostile;
 mod kerberos;

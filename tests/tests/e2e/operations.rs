@@ -118,7 +118,13 @@ async fn readiness_follows_the_parent() {
     );
     let ready = curl(&[&format!("{admin}/readyz")]).await;
     assert_eq!(ready.status, 503, "{ready:?}");
-    assert!(ready.body.contains("backoff"), "{}", ready.body);
+    assert!(
+        ready
+            .body
+            .contains("the gateway's account CHU\\svc was refused"),
+        "{}",
+        ready.body
+    );
     let m = curl(&[&format!("{admin}/metrics")]).await.body;
     assert!(
         m.contains(&format!(

@@ -172,7 +172,9 @@ async fn a_wrong_password_backs_off_instead_of_locking_the_account() {
         let r = curl(&["-x", &gw.proxy(), &format!("http://origin.test/{i}")]).await;
         assert_eq!(r.status, 502, "{r:?}");
         assert!(
-            r.body.contains("parent refused the gateway's credentials"),
+            r.body.contains("parent refused the gateway's credentials")
+                || r.body
+                    .contains("the gateway's account CHU\\svc-covotem was refused"),
             "{}",
             r.body
         );
@@ -184,12 +186,22 @@ async fn a_wrong_password_backs_off_instead_of_locking_the_account() {
         "50 requests in back-off made more than one attempt: {:?}",
         parent.events()
     );
-    let records = gw.records(50).await;
-    assert_eq!(records.len(), 50);
+    // The one attempt's request is refused by the parent; the account is held at once and
+    // the other 49 fail without presenting it; one account record says so.
+    let records = gw.records(51).await;
+    let requests: Vec<&Value> = records.iter().filter(|r| r["event"] == "request").collect();
+    assert_eq!(requests.len(), 50);
+    assert_eq!(requests[0]["reason"], "parent_auth_failed", "{records:?}");
     assert!(
-        records.iter().all(|r| r["reason"] == "parent_auth_failed"),
+        requests[1..]
+            .iter()
+            .all(|r| r["reason"] == "account_refused"),
         "{records:?}"
     );
+    let account: Vec<&Value> = records.iter().filter(|r| r["event"] == "account").collect();
+    assert_eq!(account.len(), 1, "{records:?}");
+    assert_eq!(account[0]["account"], "CHU\\svc-covotem");
+    assert_eq!(account[0]["route"], parent.url());
     assert!(!serde_json::to_string(&records)
         .unwrap()
         .contains("wrong-password"));
