@@ -287,7 +287,84 @@ vocabulary::vocabulary! {
         Json = "json",
         /// Squid's native access.log line.
         Squid = "squid",
+        /// Elastic Common Schema.
+        Ecs = "ecs",
+        /// OCSF, HTTP Activity (class 4002).
+        Ocsf = "ocsf",
     }
+}
+
+vocabulary::vocabulary! {
+    /// What a forwarder's full spool does with a new record.
+    pub enum SpoolFull ("a choice") {
+        /// The new record is not spooled (it stays in the local record), said and counted.
+        RefuseNew = "refuse_new",
+        /// The oldest records waiting are dropped to make room, said and counted.
+        DropOldest = "drop_oldest",
+    }
+}
+
+/// Where a forwarder sends the audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardTo {
+    /// RELP (rsyslog's imrelp): each record acknowledged by the collector; `tls` for RELP
+    /// over TLS.
+    Relp { host: Host, port: u16, tls: bool },
+    /// Syslog over TLS (RFC 5425), octet-counted.
+    Tls { host: Host, port: u16 },
+    /// Syslog over TCP (RFC 6587), octet-counted.
+    Tcp { host: Host, port: u16 },
+    /// Syslog datagrams over UDP (RFC 5426).
+    Udp { host: Host, port: u16 },
+    /// Syslog datagrams to a local Unix socket.
+    Unix(PathBuf),
+}
+
+impl ForwardTo {
+    pub fn uses_tls(&self) -> bool {
+        matches!(
+            self,
+            ForwardTo::Relp { tls: true, .. } | ForwardTo::Tls { .. }
+        )
+    }
+
+    /// Streams keep a spool on disk; datagrams are sent as they come.
+    pub fn is_stream(&self) -> bool {
+        matches!(
+            self,
+            ForwardTo::Relp { .. } | ForwardTo::Tls { .. } | ForwardTo::Tcp { .. }
+        )
+    }
+}
+
+/// TLS toward a collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardTls {
+    /// The CA the collector's certificate is checked against (none: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Our certificate and key, for collectors that authenticate their clients (imrelp does).
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The name the collector's certificate must carry (default: the host of `to`).
+    pub server_name: String,
+}
+
+/// A stream forwarder's persistent spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spooling {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub on_full: SpoolFull,
+}
+
+/// `[[audit.forward]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// `to` as written: the forwarder's name in logs, metrics and the status page.
+    pub name: String,
+    pub to: ForwardTo,
+    pub format: AuditFormat,
+    pub tls: Option<ForwardTls>,
+    pub spool: Option<Spooling>,
 }
 
 vocabulary::vocabulary! {
@@ -300,15 +377,18 @@ vocabulary::vocabulary! {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Audit {
     pub sink: AuditSink,
     pub format: AuditFormat,
     /// Records waiting for the writer, at most.
     pub queue: usize,
     pub on_full: OnFull,
-    /// The key of the chain's HMAC (without it, plain SHA-256).
+    /// The key of the chain's HMAC (without it, plain SHA-256): a static key, or one that
+    /// evolves (`passerelle audit keygen`'s format).
     pub key_file: Option<PathBuf>,
+    /// Destinations beyond the local record.
+    pub forward: Vec<Forward>,
 }
 
 /// One thing wrong with a configuration, at a key path.

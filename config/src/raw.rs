@@ -218,4 +218,20 @@ pub struct RawAudit {
     pub queue: i64,
     pub on_full: String,
     pub key_file: Option<String>,
+    #[serde(default)]
+    pub forward: Vec<RawForward>,
+}
+
+/// `[[audit.forward]]`: one destination of the audit beyond the local record.
+#[derive(Debug, Deserialize)]
+pub struct RawForward {
+    pub to: String,
+    pub format: Option<String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub server_name: Option<String>,
+    pub spool_dir: Option<String>,
+    pub spool_max: Option<String>,
+    pub on_full: Option<String>,
 }

@@ -390,3 +390,96 @@ fn worker_threads_are_one_to_sixty_four() {
         );
     }
 }
+
+#[test]
+fn audit_forwarders_are_checked_key_by_key() {
+    let dir = std::env::temp_dir();
+    let ca = dir.join("passerelle-config-test-ca.pem");
+    std::fs::write(&ca, "not read here").unwrap();
+    let ca = ca.display().to_string();
+    let good = format!(
+        r#"
+        [[audit.forward]]
+        to = "relp+tls:collector.chu.local:2514"
+        format = "ocsf"
+        ca_file = "{ca}"
+        spool_dir = "/tmp/spool-a"
+        spool_max = "64MiB"
+        on_full = "drop_oldest"
+        [[audit.forward]]
+        to = "udp:[2001:db8::5]:514"
+        format = "ecs"
+        [[audit.forward]]
+        to = "unix:/dev/log"
+    "#
+    );
+    let c = load_text(&good, &[]).unwrap();
+    let f = &c.audit.forward;
+    assert_eq!(f.len(), 3);
+    assert_eq!(
+        f[0].to,
+        ForwardTo::Relp {
+            host: Host::Name("collector.chu.local".into()),
+            port: 2514,
+            tls: true
+        }
+    );
+    assert_eq!(f[0].format, AuditFormat::Ocsf);
+    let tls = f[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_name, "collector.chu.local");
+    assert_eq!(tls.ca_file.as_deref(), Some(Path::new(&ca)));
+    let spool = f[0].spool.as_ref().unwrap();
+    assert_eq!(
+        (spool.max_bytes, spool.on_full),
+        (64 << 20, SpoolFull::DropOldest)
+    );
+    assert!(matches!(f[1].to, ForwardTo::Udp { port: 514, .. }));
+    assert!(f[1].spool.is_none() && f[1].tls.is_none());
+    assert_eq!(f[2].format, AuditFormat::Json);
+
+    let bad = r#"
+        [audit]
+        format = "ecs"
+        [[audit.forward]]
+        to = "http://collector:514"
+        [[audit.forward]]
+        to = "tcp:collector"
+        [[audit.forward]]
+        to = "tcp:collector:6514"
+        server_name = "collector"
+        spool_max = "10KiB"
+        on_full = "block"
+        [[audit.forward]]
+        to = "udp:collector:514"
+        spool_dir = "/tmp/x"
+        format = "cef"
+        [[audit.forward]]
+        to = "tls:collector:6514"
+        cert_file = "/nonexistent/cert.pem"
+        [[audit.forward]]
+        to = "relp:a:1"
+        spool_dir = "/tmp/same"
+        [[audit.forward]]
+        to = "relp:b:1"
+        spool_dir = "/tmp/same"
+    "#;
+    let p = problems(bad, &[]);
+    for expected in [
+        "audit.format: the local record is json or squid",
+        "audit.forward[0].to: \"http://collector:514\" must be relp+tls:HOST:PORT",
+        "audit.forward[1].to: \"collector\" needs a port",
+        "audit.forward[2].server_name: only for TLS",
+        "audit.forward[2].spool_max: \"10KiB\" must be a size of at least 1MiB",
+        "audit.forward[2].on_full: \"block\" is not a choice (refuse_new, drop_oldest)",
+        "audit.forward[3].spool_dir: only for streams",
+        "audit.forward[3].format: \"cef\" is not a format",
+        "audit.forward[4]: cert_file and key_file go together",
+        "audit.forward[4].cert_file: cannot read /nonexistent/cert.pem",
+        "audit.forward[6].spool_dir: /tmp/same is another forwarder's spool",
+    ] {
+        assert!(
+            p.iter().any(|x| x.starts_with(expected)),
+            "missing {expected:?} in {p:#?}"
+        );
+    }
+}

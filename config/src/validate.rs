@@ -1059,19 +1059,238 @@ fn audit(raw: &RawConfig, read_secrets: bool, p: &mut Problems) -> Audit {
             ),
         }
     }
-    if key_file.is_some() && format == AuditFormat::Squid {
+    if matches!(format, AuditFormat::Ecs | AuditFormat::Ocsf) {
         p.add(
-            "audit.key_file",
-            "the chain is in the JSON format only (the Squid line has no room for it)",
+            "audit.format",
+            "the local record is json or squid; ecs and ocsf are for forwarders ([[audit.forward]])",
         );
     }
+    let forward = a
+        .forward
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| Some((i, forward(f, &format!("audit.forward[{i}]"), p)?)))
+        .collect::<Vec<_>>();
+    let mut dirs = std::collections::HashSet::new();
+    for (i, f) in &forward {
+        if let Some(spool) = &f.spool {
+            if !dirs.insert(spool.dir.clone()) {
+                p.add(
+                    format!("audit.forward[{i}].spool_dir"),
+                    format!("{} is another forwarder's spool", spool.dir.display()),
+                );
+            }
+        }
+    }
+    let forward = forward.into_iter().map(|(_, f)| f).collect();
     Audit {
         sink,
         format,
         queue,
         on_full,
         key_file,
+        forward,
     }
+}
+
+/// The default spool of the forwarder to `to`: under the service's state directory.
+fn default_spool_dir(to: &str) -> PathBuf {
+    let state = std::env::var_os("STATE_DIRECTORY")
+        .and_then(|d| std::env::split_paths(&d).next())
+        .unwrap_or_else(|| PathBuf::from("/var/lib/passerelle"));
+    let name: String = to
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state.join("spool").join(name)
+}
+
+/// A size: bytes, or with a unit (`512MiB`, `1GiB`, `100MB`, `64KiB`).
+fn size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+fn forward(f: &crate::raw::RawForward, path: &str, p: &mut Problems) -> Option<crate::Forward> {
+    use crate::{ForwardTls, ForwardTo, SpoolFull, Spooling};
+    let before = p.0.len();
+    let host_port = |p: &mut Problems, rest: &str| -> Option<(Host, u16)> {
+        match crate::host::split_authority(rest) {
+            Ok((host, Some(port))) => match Host::parse(host) {
+                Ok(host) => Some((host, port)),
+                Err(e) => {
+                    p.add(format!("{path}.to"), format!("{rest:?}: {e}"));
+                    None
+                }
+            },
+            Ok((_, None)) => {
+                p.add(
+                    format!("{path}.to"),
+                    format!("{rest:?} needs a port (HOST:PORT)"),
+                );
+                None
+            }
+            Err(e) => {
+                p.add(format!("{path}.to"), format!("{rest:?}: {e}"));
+                None
+            }
+        }
+    };
+    let to = match f.to.split_once(':') {
+        Some(("relp+tls", rest)) => host_port(p, rest).map(|(host, port)| ForwardTo::Relp {
+            host,
+            port,
+            tls: true,
+        }),
+        Some(("relp", rest)) => host_port(p, rest).map(|(host, port)| ForwardTo::Relp {
+            host,
+            port,
+            tls: false,
+        }),
+        Some(("tls", rest)) => host_port(p, rest).map(|(host, port)| ForwardTo::Tls { host, port }),
+        Some(("tcp", rest)) => host_port(p, rest).map(|(host, port)| ForwardTo::Tcp { host, port }),
+        Some(("udp", rest)) => host_port(p, rest).map(|(host, port)| ForwardTo::Udp { host, port }),
+        Some(("unix", rest)) if rest.starts_with('/') => Some(ForwardTo::Unix(PathBuf::from(rest))),
+        _ => {
+            p.add(
+                format!("{path}.to"),
+                format!(
+                    "{:?} must be relp+tls:HOST:PORT, relp:HOST:PORT, tls:HOST:PORT, tcp:HOST:PORT, udp:HOST:PORT or unix:/path",
+                    f.to
+                ),
+            );
+            None
+        }
+    };
+    let format = match &f.format {
+        None => AuditFormat::Json,
+        Some(word) => word.parse().unwrap_or_else(|why| {
+            p.add(format!("{path}.format"), why);
+            AuditFormat::Json
+        }),
+    };
+    let tls_keys = [
+        ("ca_file", f.ca_file.is_some()),
+        ("cert_file", f.cert_file.is_some()),
+        ("key_file", f.key_file.is_some()),
+        ("server_name", f.server_name.is_some()),
+    ];
+    let uses_tls = to.as_ref().is_some_and(ForwardTo::uses_tls);
+    if !uses_tls && to.is_some() {
+        for (key, given) in tls_keys {
+            if given {
+                p.add(format!("{path}.{key}"), "only for TLS (relp+tls:, tls:)");
+            }
+        }
+    }
+    if f.cert_file.is_some() != f.key_file.is_some() {
+        p.add(
+            path.to_string(),
+            "cert_file and key_file go together (the client's certificate and its key)",
+        );
+    }
+    for (key, file) in [
+        ("ca_file", &f.ca_file),
+        ("cert_file", &f.cert_file),
+        ("key_file", &f.key_file),
+    ] {
+        if let Some(file) = file {
+            if std::fs::metadata(file).is_err() {
+                p.add(format!("{path}.{key}"), format!("cannot read {file}"));
+            }
+        }
+    }
+    let stream = to.as_ref().is_some_and(ForwardTo::is_stream);
+    if !stream && to.is_some() {
+        for (key, given) in [
+            ("spool_dir", f.spool_dir.is_some()),
+            ("spool_max", f.spool_max.is_some()),
+            ("on_full", f.on_full.is_some()),
+        ] {
+            if given {
+                p.add(
+                    format!("{path}.{key}"),
+                    "only for streams (relp, tls, tcp): datagrams are sent as they come",
+                );
+            }
+        }
+    }
+    let max_bytes = match &f.spool_max {
+        None => 1 << 30,
+        Some(text) => match size(text) {
+            Some(n) if n >= 1 << 20 => n,
+            _ => {
+                p.add(
+                    format!("{path}.spool_max"),
+                    format!("{text:?} must be a size of at least 1MiB (512MiB, 2GiB…)"),
+                );
+                1 << 30
+            }
+        },
+    };
+    let on_full = match &f.on_full {
+        None => SpoolFull::RefuseNew,
+        Some(word) => word.parse().unwrap_or_else(|why| {
+            p.add(format!("{path}.on_full"), why);
+            SpoolFull::RefuseNew
+        }),
+    };
+    if p.0.len() > before {
+        return None;
+    }
+    let to = to?;
+    let host_name = match &to {
+        ForwardTo::Relp { host, .. } | ForwardTo::Tls { host, .. } => match host {
+            Host::Name(name) => name.clone(),
+            Host::Ip(ip) => ip.to_string(),
+        },
+        _ => String::new(),
+    };
+    let tls = to.uses_tls().then(|| ForwardTls {
+        ca_file: f.ca_file.as_ref().map(PathBuf::from),
+        client: f
+            .cert_file
+            .as_ref()
+            .zip(f.key_file.as_ref())
+            .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
+        server_name: f.server_name.clone().unwrap_or(host_name),
+    });
+    let spool = to.is_stream().then(|| Spooling {
+        dir: f
+            .spool_dir
+            .as_ref()
+            .map_or_else(|| default_spool_dir(&f.to), PathBuf::from),
+        max_bytes,
+        on_full,
+    });
+    Some(crate::Forward {
+        name: f.to.clone(),
+        to,
+        format,
+        tls,
+        spool,
+    })
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ mod tests {
         );
         assert_eq!(
             "xml".parse::<AuditFormat>().unwrap_err(),
-            "\"xml\" is not a format (json, squid)"
+            "\"xml\" is not a format (json, squid, ecs, ocsf)"
         );
     }
 }

@@ -13,6 +13,10 @@ const WORDS = {
     outcome: "Outcome", accepted: "accepted", refused: "refused", none: "none", allowed: "allowed",
     no_parents: "No parent proxy configured: allowed flows go direct.", no_refusals: "No refusal since start.",
     no_reloads: "No reload since start.",
+    forwarders: "Audit forwarding", collector: "Collector", format: "Format", waiting: "Waiting",
+    oldest: "Oldest waiting", delivered: "Delivered", not_forwarded: "Not forwarded (spool full)",
+    last_error: "Last error", no_forwarders: "The audit is not forwarded: it stays on this host.",
+    connected: "connected", disconnected: "disconnected", datagrams: "datagrams", ago: "ago",
     summary: (s) => `${s.version} (${s.commit}) · up ${s.uptime} · ${s.connections} client connections · ${s.tunnels} open tunnels`,
     capacity: "Visio capacity",
     capacity_line: (c) => `${c.visios} simultaneous visio(s) × 1 Mbit/s = ${c.visios} Mbit/s` +
@@ -30,6 +34,10 @@ const WORDS = {
     outcome: "Résultat", accepted: "acceptée", refused: "refusée", none: "aucune", allowed: "autorisées",
     no_parents: "Aucun proxy parent configuré : les flux autorisés sortent en direct.", no_refusals: "Aucun refus depuis le démarrage.",
     no_reloads: "Aucun rechargement depuis le démarrage.",
+    forwarders: "Transmission du journal d'audit", collector: "Collecteur", format: "Format", waiting: "En attente",
+    oldest: "Plus ancien en attente", delivered: "Transmis", not_forwarded: "Non transmis (file pleine)",
+    last_error: "Dernière erreur", no_forwarders: "Le journal d'audit n'est pas transmis : il reste sur cette machine.",
+    connected: "connecté", disconnected: "déconnecté", datagrams: "datagrammes", ago: "il y a",
     summary: (s) => `${s.version} (${s.commit}) · en service depuis ${s.uptime} · ${s.connections} connexions de postes · ${s.tunnels} tunnels ouverts`,
     capacity: "Capacité visio",
     capacity_line: (c) => `${c.visios} visio(s) simultanée(s) × 1 Mbit/s = ${c.visios} Mbit/s` +
@@ -121,6 +129,18 @@ function render(s) {
     cell(tr, p.last_handshake || "—");
     cell(tr, p.backoff_seconds ? `${p.backoff_seconds} s` : "—");
   }, "no_parents");
+  fill("forwarders", s.forwarders, (tr, f) => {
+    cell(tr, f.name);
+    cell(tr, f.format);
+    const state = f.connected === null ? w.datagrams : (f.connected ? w.connected : w.disconnected);
+    cell(tr, state, f.connected === false ? "warn" : "");
+    cell(tr, String(f.waiting), f.waiting > 0 && !f.connected ? "warn" : "");
+    cell(tr, f.oldest_age_s === null ? "—" : `${f.oldest_age_s} s`);
+    cell(tr, String(f.delivered));
+    const lost = f.refused + f.dropped + f.lost;
+    cell(tr, String(lost), lost > 0 ? "warn" : "");
+    cell(tr, f.last_error ? `${f.last_error} (${w.ago} ${f.last_error_age_s} s)` : "—");
+  }, "no_forwarders");
   fill("refusals", s.refusals, (tr, r) => {
     cell(tr, r.ts.replace("T", " ").replace("Z", ""));
     cell(tr, r.client);

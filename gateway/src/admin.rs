@@ -258,6 +258,7 @@ fn status_json(shared: &Shared) -> String {
         "per_minute": snapshot.per_minute,
         "refusals": snapshot.refusals,
         "reloads": snapshot.reloads,
+        "forwarders": shared.audit.forwarders(),
     });
     serde_json::to_string(&value).unwrap_or_default()
 }
@@ -297,6 +298,7 @@ fn gauges(shared: &Shared) -> Gauges {
             .collect(),
         visios: shared.audit.capacity().visios(),
         throughput: shared.audit.capacity().throughput(),
+        forwarders: shared.audit.forwarders(),
     }
 }
 

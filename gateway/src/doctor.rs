@@ -143,10 +143,41 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
         }
     }
     checks.push(capacity(&runtime.config.site));
+    checks.extend(audit_forwarding(&runtime.config.audit).await);
     if !crate::firewall::udp_flows(&runtime.config).is_empty() {
         checks.extend(routing(&runtime.config).await);
     }
     Ok(fold_dns_failures(checks))
+}
+
+/// Each audit forwarder: its collector reached as the gateway reaches it (TLS certificate and
+/// name, a RELP session), and what waits in its spool.
+async fn audit_forwarding(audit: &passerelle_config::Audit) -> Vec<Check> {
+    let forwards = audit.forward.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        forwards
+            .iter()
+            .map(|f| (f.name.clone(), crate::audit::forward::probe(f)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut checks = Vec::new();
+    for (name, results) in found {
+        for (ok, detail, hint) in results {
+            checks.push(if ok {
+                Check::pass("audit-forward", &name, detail)
+            } else {
+                Check::fail(
+                    "audit-forward",
+                    &name,
+                    detail,
+                    hint.unwrap_or_else(|| "see the detail".into()),
+                )
+            });
+        }
+    }
+    checks
 }
 
 /// The prerequisites' bandwidth (§3.1.7) against the site's: a statement, the line is the

@@ -66,6 +66,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    AuditSetup(audit::OpenError),
     #[error("upstream: {0}")]
     Parents(String),
     #[error(transparent)]
@@ -127,8 +129,11 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every listener, opens the audit sink, and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let (audit, writer) = AuditLog::open(&config.audit, &config.digest)
-            .map_err(|e| StartError::audit(&config.audit, e))?;
+        let (audit, writer) =
+            AuditLog::open(&config.audit, &config.digest).map_err(|e| match e {
+                audit::OpenError::Sink(e) => StartError::audit(&config.audit, e),
+                other => StartError::AuditSetup(other),
+            })?;
         let admin = match config.listen.admin {
             Some(addr) => {
                 Some(
@@ -297,6 +302,11 @@ impl Gateway {
             Ok(runtime) => {
                 if runtime.config.listen.proxy != current.config.listen.proxy {
                     tracing::warn!("reload: listen.proxy changes take effect at the next restart");
+                }
+                if runtime.config.audit != current.config.audit {
+                    tracing::warn!(
+                        "reload: audit settings (sink, format, key, forwarders) take effect at the next restart"
+                    );
                 }
                 if runtime.config.limits.worker_threads != current.config.limits.worker_threads {
                     tracing::warn!(

@@ -90,8 +90,11 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
         /// The chain's key (audit.key_file), to verify a keyed chain.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "key")]
         key_file: Option<PathBuf>,
+        /// A forward-secure chain's initial key (v1:ORIGIN:HEX, as `audit keygen` printed it).
+        #[arg(long)]
+        key: Option<String>,
     },
     /// The audit log's tamper evidence.
     Audit {
@@ -104,15 +107,36 @@ enum Command {
 enum AuditCommand {
     /// Check the chain over the files, oldest first: exit 0 only when nothing was edited,
     /// removed, inserted or reordered and no record is missing.
+    ///
+    /// With --anchors, also against what a collector received: names the first record
+    /// rewritten, removed or cut off after it was forwarded, and lists records never forwarded
+    /// or missing at the collector.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// The chain's key (audit.key_file), when the chain is keyed.
-        #[arg(long)]
+        /// The chain's key file (audit.key_file): a static key, or a forward-secure key at its
+        /// current epoch (records of earlier epochs are then taken on trust).
+        #[arg(long, conflicts_with = "key")]
         key_file: Option<PathBuf>,
+        /// A forward-secure chain's initial key (v1:ORIGIN:HEX, as `audit keygen` printed
+        /// it): every epoch is checked. Read from the environment variable
+        /// PASSERELLE_AUDIT_KEY when the value is "-env".
+        #[arg(long)]
+        key: Option<String>,
+        /// What a collector received from this host (any format Passerelle forwards, or
+        /// syslog lines as the collector wrote them).
+        #[arg(long, value_name = "COLLECTED")]
+        anchors: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Create a forward-secure key file (the writer moves it forward each minute and erases
+    /// the past) and print its initial key once, for the security team to keep off the host.
+    Keygen {
+        /// Where the key lives (audit.key_file), in a directory Passerelle can write.
+        #[arg(value_name = "KEY_FILE")]
+        path: PathBuf,
     },
 }
 
@@ -151,6 +175,7 @@ fn main() -> ExitCode {
             since,
             until,
             key_file,
+            key,
         } => report(
             &files,
             json,
@@ -159,15 +184,24 @@ fn main() -> ExitCode {
             since,
             until,
             key_file.as_deref(),
+            key.as_deref(),
         ),
-        Command::Audit {
-            command:
-                AuditCommand::Verify {
-                    files,
-                    key_file,
-                    json,
-                },
-        } => verify(&files, key_file.as_deref(), json),
+        Command::Audit { command } => match command {
+            AuditCommand::Verify {
+                files,
+                key_file,
+                key,
+                anchors,
+                json,
+            } => verify(
+                &files,
+                key_file.as_deref(),
+                key.as_deref(),
+                anchors.as_deref(),
+                json,
+            ),
+            AuditCommand::Keygen { path } => keygen(&path),
+        },
         Command::Doctor { json, ca_file } => {
             doctor(cli.config.as_deref(), json, ca_file.as_deref())
         }
@@ -555,42 +589,108 @@ fn ask_hidden(prompt: &str) -> std::io::Result<zeroize::Zeroizing<String>> {
     Ok(line)
 }
 
-fn chainer(key_file: Option<&Path>) -> Result<passerelle_gateway::audit::chain::Chainer, ExitCode> {
-    let key = match key_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
-            eprintln!("passerelle: cannot read the key {}: {e}", path.display());
-            ExitCode::from(2)
-        })?),
-        None => None,
+/// What the verifier knows of the chain's key: the initial key, the key file, or nothing.
+fn known_key(
+    key_file: Option<&Path>,
+    key: Option<&str>,
+) -> Result<passerelle_gateway::audit::key::Known, ExitCode> {
+    use passerelle_gateway::audit::key::Known;
+    let known = match (key_file, key) {
+        (_, Some("-env")) => match std::env::var("PASSERELLE_AUDIT_KEY") {
+            Ok(text) => Known::initial(&text),
+            Err(_) => {
+                eprintln!("passerelle: --key -env, but PASSERELLE_AUDIT_KEY is not set");
+                return Err(ExitCode::from(2));
+            }
+        },
+        (_, Some(text)) => Known::initial(text),
+        (Some(path), None) => Known::file(path),
+        (None, None) => Ok(Known::Keyless),
     };
-    Ok(passerelle_gateway::audit::chain::Chainer::new(key))
+    known.map_err(|e| {
+        eprintln!("passerelle: {e}");
+        ExitCode::from(2)
+    })
 }
 
-fn verify(files: &[PathBuf], key_file: Option<&Path>, json: bool) -> ExitCode {
-    let chainer = match chainer(key_file) {
-        Ok(c) => c,
+fn verify(
+    files: &[PathBuf],
+    key_file: Option<&Path>,
+    key: Option<&str>,
+    anchors: Option<&Path>,
+    json: bool,
+) -> ExitCode {
+    use passerelle_gateway::audit::{anchors as anchor, chain};
+    let known = match known_key(key_file, key) {
+        Ok(k) => k,
         Err(code) => return code,
     };
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let verdict = match passerelle_gateway::audit::chain::verify(&paths, &chainer) {
+    let failed = |e: String| {
+        eprintln!("passerelle: {e}");
+        ExitCode::from(2)
+    };
+    let mut verdict = match chain::verify(&paths, &known) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("passerelle: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return failed(e),
+    };
+    let anchored = match anchors {
+        Some(collected) => match anchor::verify(&paths, collected) {
+            Ok(v) => {
+                verdict.limits.retain(|l| !l.contains("--anchors"));
+                Some(v)
+            }
+            Err(e) => return failed(e),
+        },
+        None => None,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&verdict).unwrap_or_default()
-        );
+        // The chain's verdict as before, and beside it what the anchors say, when given.
+        let mut out = serde_json::to_value(&verdict).unwrap_or_default();
+        if let (Some(a), Some(map)) = (&anchored, out.as_object_mut()) {
+            map.insert(
+                "anchors".into(),
+                serde_json::to_value(a).unwrap_or_default(),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         println!("{}", passerelle_gateway::report::verdict_line(&verdict));
+        if verdict.unchecked > 0 {
+            println!(
+                "{} records signed before the key file's epoch were not checked",
+                verdict.unchecked
+            );
+        }
+        for limit in &verdict.limits {
+            println!("cannot know: {limit}");
+        }
+        if let Some(a) = &anchored {
+            print!("{}", anchor::describe(a));
+        }
     }
-    if verdict.intact() {
+    if verdict.intact() && anchored.as_ref().is_none_or(anchor::AnchorVerdict::intact) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn keygen(path: &Path) -> ExitCode {
+    match passerelle_gateway::audit::key::Key::generate(path, std::time::SystemTime::now()) {
+        Ok(initial) => {
+            eprintln!(
+                "passerelle: wrote the forward-secure key {} (epoch 0). The initial key below is printed once: keep it off this host (the security team's safe); it verifies every record with `passerelle audit verify --key`. Set audit.key_file = {:?}.",
+                path.display(),
+                path.display()
+            );
+            println!("{}", &*initial);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("passerelle: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -603,6 +703,7 @@ fn report(
     since: Option<String>,
     until: Option<String>,
     key_file: Option<&Path>,
+    key: Option<&str>,
 ) -> ExitCode {
     use passerelle_gateway::report;
     let bad = |e: String| {
@@ -635,13 +736,13 @@ fn report(
         }
         text.push('\n');
     }
-    let chainer = match chainer(key_file) {
-        Ok(c) => c,
+    let known = match known_key(key_file, key) {
+        Ok(k) => k,
         Err(code) => return code,
     };
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let mut summary = report::summarize(text.lines(), &filter);
-    summary.verification = passerelle_gateway::audit::chain::verify(&paths, &chainer).ok();
+    summary.verification = passerelle_gateway::audit::chain::verify(&paths, &known).ok();
     if let Some(out) = html {
         let page = report::render_html(&summary, "Passerelle — audit report");
         if let Err(e) = std::fs::write(out, page) {

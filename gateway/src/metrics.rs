@@ -70,6 +70,7 @@ pub struct Gauges {
     pub parents: Vec<(String, &'static str, [u64; 3], u64)>,
     pub visios: usize,
     pub throughput: Vec<crate::capacity::Throughput>,
+    pub forwarders: Vec<crate::audit::forward::status::ForwarderStatus>,
 }
 
 impl Metrics {
@@ -85,7 +86,9 @@ impl Metrics {
                 self.reloads.get_or_create(&ResultLabels { result }).inc();
                 return;
             }
-            EventKind::Start | EventKind::Rotate | EventKind::Account => return,
+            EventKind::Start | EventKind::Rotate | EventKind::Account | EventKind::Forward => {
+                return
+            }
             _ => {}
         }
         let kind = match (event.event, event.method.as_deref()) {
@@ -240,6 +243,17 @@ struct ThroughputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwarderLabels {
+    forwarder: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwarderLossLabels {
+    forwarder: String,
+    why: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
     commit: &'static str,
@@ -284,6 +298,7 @@ impl Collector for AtScrape {
                 })?)?;
             }
         }
+        forwarders(&mut encoder, &g.forwarders)?;
         let dropped = ConstCounter::new(g.audit_dropped);
         dropped.encode(encoder.encode_descriptor(
             "passerelle_audit_dropped",
@@ -345,4 +360,71 @@ impl Collector for AtScrape {
         }
         Ok(())
     }
+}
+
+/// Each audit forwarder's standing: what waits, since when, what went, what did not.
+fn forwarders(
+    encoder: &mut DescriptorEncoder,
+    all: &[crate::audit::forward::status::ForwarderStatus],
+) -> Result<(), std::fmt::Error> {
+    let label = |f: &crate::audit::forward::status::ForwarderStatus| ForwarderLabels {
+        forwarder: f.name.clone(),
+    };
+    for (name, help, value) in [
+        (
+            "passerelle_audit_forward_waiting_records",
+            "Audit records in a forwarder's spool, not yet delivered",
+            (|f: &crate::audit::forward::status::ForwarderStatus| f.waiting as i64)
+                as fn(&crate::audit::forward::status::ForwarderStatus) -> i64,
+        ),
+        (
+            "passerelle_audit_forward_oldest_waiting_seconds",
+            "Age of the oldest record waiting in a forwarder's spool (0: none waiting)",
+            |f| f.oldest_age_s.unwrap_or(0) as i64,
+        ),
+        (
+            "passerelle_audit_forward_spool_bytes",
+            "Bytes of a forwarder's spool on disk",
+            |f| f.spool_bytes as i64,
+        ),
+        (
+            "passerelle_audit_forward_connected",
+            "1 when a stream forwarder has a session with its collector",
+            |f| i64::from(f.connected.unwrap_or(false)),
+        ),
+    ] {
+        let mut family =
+            encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+        for f in all {
+            ConstGauge::new(value(f)).encode(family.encode_family(&label(f))?)?;
+        }
+    }
+    let mut delivered = encoder.encode_descriptor(
+        "passerelle_audit_forward_delivered",
+        "Audit records delivered to a collector (acknowledged by RELP, written to a syslog stream, sent as a datagram)",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for f in all {
+        ConstCounter::new(f.delivered).encode(delivered.encode_family(&label(f))?)?;
+    }
+    let mut lost = encoder.encode_descriptor(
+        "passerelle_audit_forward_not_forwarded",
+        "Audit records a forwarder did not deliver, by why: spool full (refused, dropped), datagram not sent",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for f in all {
+        for (why, n) in [
+            ("spool_full_refused", f.refused),
+            ("spool_full_dropped", f.dropped),
+            ("datagram", f.lost),
+        ] {
+            ConstCounter::new(n).encode(lost.encode_family(&ForwarderLossLabels {
+                forwarder: f.name.clone(),
+                why,
+            })?)?;
+        }
+    }
+    Ok(())
 }

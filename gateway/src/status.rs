@@ -122,7 +122,9 @@ impl Status {
                 return;
             }
             EventKind::Request | EventKind::Udp | EventKind::Admin => {}
-            EventKind::Start | EventKind::Rotate | EventKind::Account => return,
+            EventKind::Start | EventKind::Rotate | EventKind::Account | EventKind::Forward => {
+                return
+            }
         }
         let flow = e.flow.clone().unwrap_or_else(|| "none".to_string());
         if inner.since_start.len() < FLOWS || inner.since_start.contains_key(&flow) {

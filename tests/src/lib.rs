@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod browser;
+pub mod collectors;
 pub mod harness;
 pub mod netns;
 pub mod origin;
 pub mod peers;
+pub mod schemas;

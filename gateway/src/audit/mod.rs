@@ -1,12 +1,17 @@
 //! The audit log: one typed record ([`AuditEvent`]) per finished request or tunnel, per
 //! refusal, per reload, with its reason from one vocabulary ([`Reason`]); numbered and chained
-//! by one writer ([`writer`]), formatted ([`format`]) for a sink ([`sink`]). Nothing is lost: a
-//! full queue makes requests wait, unless the operator chose `on_full = "drop"`.
+//! by one writer ([`writer`]), formatted ([`format`]) for the local sink ([`sink`]) and for
+//! collectors ([`forward`]). Nothing is lost: a full queue makes requests wait, unless the
+//! operator chose `on_full = "drop"`.
 
+pub mod anchors;
 pub mod chain;
 pub mod format;
+pub mod forward;
+pub mod key;
 mod recorder;
 pub mod sink;
+pub mod syslog;
 mod writer;
 
 use std::net::SocketAddr;
@@ -50,6 +55,7 @@ pub(crate) struct LogShared {
     shutting_down: AtomicBool,
     /// Connection-level refusals, per reason: a flood must not fill the disk.
     throttle: Mutex<std::collections::HashMap<Reason, Bucket>>,
+    forwarders: Vec<Arc<forward::Forwarder>>,
 }
 
 /// Connection-level refusals (before any request is read) are written at most this many per
@@ -63,30 +69,48 @@ struct Bucket {
     folded: u64,
 }
 
-/// Owns the writer thread; [`AuditWriter::finish`] waits until every record is on disk.
+/// Owns the writer thread and the forwarders' senders; [`AuditWriter::finish`] waits until
+/// every record is on disk.
 pub struct AuditWriter {
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
+    senders: Option<forward::Senders>,
+}
+
+/// Why the audit could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Sink(std::io::Error),
+    #[error("audit.key_file: {0}")]
+    Key(#[from] key::KeyError),
+    #[error("audit.forward: {0}")]
+    Forward(#[from] forward::ForwardError),
 }
 
 impl AuditLog {
     /// Opens the sink and starts the writer thread (file I/O stays off the async runtime);
     /// its first record says where the chain continues from. `digest` is the configuration's.
-    pub fn open(settings: &Audit, digest: &str) -> std::io::Result<(AuditLog, AuditWriter)> {
-        let sink = sink::Sink::open(&settings.sink)?;
+    pub fn open(settings: &Audit, digest: &str) -> Result<(AuditLog, AuditWriter), OpenError> {
+        let sink = sink::Sink::open(&settings.sink).map_err(OpenError::Sink)?;
         let key = match &settings.key_file {
-            Some(path) => Some(std::fs::read(path)?),
+            Some(path) => Some(key::Key::load(path)?),
             None => None,
         };
+        let (forwarders, feeds, senders) = forward::start(&settings.forward)?;
+        let run: u32 = rand::random();
         let writer = Writer {
             sink,
             format: settings.format,
             chainer: chain::Chainer::new(key),
             digest: digest.to_string(),
+            run: format!("{run:08x}"),
+            feeds,
+            origin: syslog::Origin::local(),
         };
         let (tx, rx) = mpsc::channel::<Msg>();
         let shared = Arc::new(LogShared {
-            run: rand::random(),
+            run,
             next_id: AtomicU64::new(1),
             room: Arc::new(Semaphore::new(settings.queue.min(Semaphore::MAX_PERMITS))),
             drop_when_full: settings.on_full == passerelle_config::OnFull::Drop,
@@ -98,14 +122,17 @@ impl AuditLog {
             capacity: Arc::default(),
             shutting_down: AtomicBool::new(false),
             throttle: Mutex::default(),
+            forwarders,
         });
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx, &writer_shared))?;
+            .spawn(move || writer.run(rx, &writer_shared))
+            .map_err(OpenError::Sink)?;
         let writer = AuditWriter {
             tx: tx.clone(),
             thread: Some(thread),
+            senders: Some(senders),
         };
         Ok((AuditLog { tx, shared }, writer))
     }
@@ -278,6 +305,11 @@ impl AuditLog {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
+    /// The forwarders' standing, for the status page, the metrics and readiness.
+    pub fn forwarders(&self) -> Vec<forward::ForwarderStatus> {
+        self.shared.forwarders.iter().map(|f| f.status()).collect()
+    }
+
     /// Records waiting for the writer.
     pub fn queued(&self) -> u64 {
         self.shared.queued.load(Ordering::Relaxed)
@@ -300,11 +332,30 @@ impl AuditLog {
 
 impl AuditWriter {
     /// Writes and flushes every record emitted so far, then stops the writer.
+    /// Then the forwarders deliver what waits for a few seconds; the rest stays in their
+    /// spools for the next start.
     pub fn finish(mut self) -> std::io::Result<()> {
         let _ = self.tx.send(Msg::Close);
-        match self.thread.take().map(JoinHandle::join) {
+        let written = match self.thread.take().map(JoinHandle::join) {
             Some(Ok(())) | None => Ok(()),
             Some(Err(_)) => Err(std::io::Error::other("the audit writer panicked")),
+        };
+        if let Some(senders) = self.senders.take() {
+            senders.finish();
+        }
+        written
+    }
+}
+
+impl Drop for AuditWriter {
+    /// Dropped without `finish` (a start that failed later): the senders stop at once.
+    fn drop(&mut self) {
+        if let Some(senders) = self.senders.take() {
+            let _ = self.tx.send(Msg::Close);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+            senders.finish();
         }
     }
 }

@@ -1,37 +1,31 @@
-//! Where audit lines go: stdout, an append-only file (reopened on SIGUSR1 for logrotate), or
-//! syslog: RFC 5424 datagrams, facility local0, severity info (warning for refusals), through
-//! the `syslog` crate's transports with our own header (MSGID `audit`).
+//! Where the local record goes: stdout, an append-only file (reopened on SIGUSR1 for
+//! logrotate), or syslog datagrams (the writer makes each line an RFC 5424 message, see
+//! [`super::syslog`]). Forwarders to collectors are apart, in [`super::forward`].
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use passerelle_config::{AuditSink, SyslogTarget};
-use syslog::{LogFormat, Logger, LoggerBackend};
 
-/// How urgent a line is, for syslog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    Info,
-    Warning,
-}
+use super::syslog::Datagram;
 
 /// Lines to write, and how far writing got (a failing sink is retried from there: nothing
 /// is written twice, nothing skipped).
 #[derive(Default)]
 pub struct Batch {
     pub bytes: Vec<u8>,
-    /// Each line's end (after its newline) and severity.
-    pub lines: Vec<(usize, Severity)>,
+    /// Each line's end (after its newline).
+    pub lines: Vec<usize>,
     done_bytes: usize,
     done_lines: usize,
 }
 
 impl Batch {
-    pub fn push(&mut self, line: &[u8], severity: Severity) {
+    pub fn push(&mut self, line: &[u8]) {
         self.bytes.extend_from_slice(line);
         self.bytes.push(b'\n');
-        self.lines.push((self.bytes.len(), severity));
+        self.lines.push(self.bytes.len());
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +52,7 @@ pub struct Sink {
 enum Out {
     Stdout(std::io::Stdout),
     File(std::fs::File),
-    Syslog(Box<Logger<LoggerBackend, Rfc5424>>),
+    Syslog(Datagram),
 }
 
 impl Sink {
@@ -73,10 +67,18 @@ impl Sink {
                 path: Some(path.clone()),
             },
             AuditSink::Syslog(target) => Sink {
-                out: Out::Syslog(Box::new(syslog_logger(target)?)),
+                out: Out::Syslog(match target {
+                    SyslogTarget::Unix(path) => Datagram::unix(path)?,
+                    SyslogTarget::Udp(addr) => Datagram::udp(&addr.ip().to_string(), addr.port())?,
+                }),
                 path: None,
             },
         })
+    }
+
+    /// Syslog takes RFC 5424 messages, one per datagram.
+    pub fn is_syslog(&self) -> bool {
+        matches!(self.out, Out::Syslog(_))
     }
 
     /// The file, for a file sink.
@@ -89,22 +91,14 @@ impl Sink {
         match &mut self.out {
             Out::Stdout(out) => write_bytes(out, batch),
             Out::File(out) => write_bytes(out, batch),
-            Out::Syslog(logger) => {
+            Out::Syslog(socket) => {
                 while batch.done_lines < batch.lines.len() {
                     let start = match batch.done_lines {
                         0 => 0,
-                        n => batch.lines[n - 1].0,
+                        n => batch.lines[n - 1],
                     };
-                    let (end, severity) = batch.lines[batch.done_lines];
-                    let line = String::from_utf8_lossy(&batch.bytes[start..end - 1]);
-                    let sent = match severity {
-                        Severity::Info => logger.info(line.as_ref()),
-                        Severity::Warning => logger.warning(line.as_ref()),
-                    };
-                    sent.map_err(|e| match e {
-                        syslog::Error::Write(e) | syslog::Error::Io(e) => e,
-                        other => std::io::Error::other(other.to_string()),
-                    })?;
+                    let end = batch.lines[batch.done_lines];
+                    socket.send(&batch.bytes[start..end - 1])?;
                     batch.done_lines += 1;
                 }
                 Ok(())
@@ -142,53 +136,4 @@ fn write_bytes(out: &mut impl Write, batch: &mut Batch) -> std::io::Result<()> {
 
 fn append(path: &PathBuf) -> std::io::Result<std::fs::File> {
     OpenOptions::new().create(true).append(true).open(path)
-}
-
-fn syslog_logger(target: &SyslogTarget) -> std::io::Result<Logger<LoggerBackend, Rfc5424>> {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "-".to_string());
-    let formatter = Rfc5424 {
-        hostname,
-        pid: std::process::id(),
-    };
-    let logger = match target {
-        SyslogTarget::Unix(path) => syslog::unix_custom(formatter, path),
-        SyslogTarget::Udp(addr) => {
-            let local: std::net::SocketAddr = if addr.ip().is_loopback() {
-                (std::net::Ipv4Addr::LOCALHOST, 0).into()
-            } else {
-                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-            };
-            syslog::udp(formatter, local, *addr)
-        }
-    };
-    logger.map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-/// `<PRI>1 TIMESTAMP HOST passerelle PID audit - LINE`, facility local0.
-pub struct Rfc5424 {
-    hostname: String,
-    pid: u32,
-}
-
-impl LogFormat<&str> for Rfc5424 {
-    fn format<W: Write>(
-        &self,
-        w: &mut W,
-        severity: syslog::Severity,
-        line: &str,
-    ) -> syslog::Result<()> {
-        let priority = syslog::Facility::LOG_LOCAL0 as u8 | severity as u8;
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        // One write: the crate sends it as one datagram.
-        write!(
-            w,
-            "<{priority}>1 {now} {} passerelle {} audit - {line}",
-            self.hostname, self.pid
-        )
-        .map_err(syslog::Error::Write)
-    }
 }

@@ -24,6 +24,8 @@ pub enum EventKind {
     Udp,
     /// The gateway's own account, refused by the domain or a parent.
     Account,
+    /// An audit forwarder's spool full (records refused or dropped), or room again.
+    Forward,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,11 +35,20 @@ pub enum Decision {
     Deny,
 }
 
+/// The records' schema and version, in every format.
+pub const SCHEMA: &str = "passerelle/2";
+
 /// One audit record (the design's "Audit record"), in the order its fields are written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     #[serde(default)]
     pub seq: u64,
+    /// The record's schema and its version ([`SCHEMA`]); absent from records written before it.
+    #[serde(default)]
+    pub schema: String,
+    /// The run (one process's life) that wrote it: `seq` counts from 1 in each run.
+    #[serde(default)]
+    pub run: String,
     #[serde(default)]
     pub ts: String,
     #[serde(default)]
@@ -85,6 +96,9 @@ pub struct AuditEvent {
     /// Account records: the account refused (`DOMAIN\\user`, `user@REALM`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// Forward records: the forwarder (its `to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarder: Option<String>,
     /// Start time in milliseconds since the Unix epoch (Squid's time field).
     #[serde(skip)]
     pub started_ms: u64,
@@ -97,6 +111,9 @@ pub struct AuditEvent {
     /// be read, `detail` says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_from: Option<String>,
+    /// With a forward-secure key: the epoch of the key that signed the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_epoch: Option<u64>,
     /// The tamper-evidence chain, written last (see `audit::chain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<String>,

@@ -5,5 +5,5 @@
 mod event;
 mod reason;
 
-pub use event::{AuditEvent, Decision, EventKind};
+pub use event::{AuditEvent, Decision, EventKind, SCHEMA};
 pub use reason::{Lang, Reason};

@@ -1,6 +1,7 @@
 //! End-to-end suites, one binary, a module per suite.
 #![forbid(unsafe_code)]
 
+mod audit_forward;
 mod cli;
 mod core;
 mod credentials;

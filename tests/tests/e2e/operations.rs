@@ -366,8 +366,12 @@ async fn syslog_over_udp_loopback() {
         datagram.starts_with("<132>1 "),
         "local0.warning for a refusal: {datagram}"
     );
+    // Its place in the chain in the structured data, the record after it.
     assert!(
-        datagram.contains(" passerelle ") && datagram.contains(" audit - {"),
+        datagram.contains(" passerelle ")
+            && datagram.contains(" audit [passerelle@32473 schema=\"passerelle/2\" run=\"")
+            && datagram.contains(" seq=\"2\" chain=\"")
+            && datagram.contains("] {\"seq\":2,"),
         "{datagram}"
     );
     let json: serde_json::Value =
