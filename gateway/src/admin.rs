@@ -299,6 +299,7 @@ fn gauges(shared: &Shared) -> Gauges {
         visios: shared.audit.capacity().visios(),
         throughput: shared.audit.capacity().throughput(),
         forwarders: shared.audit.forwarders(),
+        kerberos_caches: passerelle_kerberos::live_caches(),
     }
 }
 

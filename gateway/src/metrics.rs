@@ -71,6 +71,8 @@ pub struct Gauges {
     pub visios: usize,
     pub throughput: Vec<crate::capacity::Throughput>,
     pub forwarders: Vec<crate::audit::forward::status::ForwarderStatus>,
+    /// Memory ticket caches held by the Kerberos initiators: one per Negotiate parent.
+    pub kerberos_caches: usize,
 }
 
 impl Metrics {
@@ -299,6 +301,12 @@ impl Collector for AtScrape {
             }
         }
         forwarders(&mut encoder, &g.forwarders)?;
+        gauge(
+            &mut encoder,
+            "passerelle_kerberos_ticket_caches",
+            "Memory ticket caches the Kerberos initiators hold (one per Negotiate parent with a keytab or a password)",
+            g.kerberos_caches as i64,
+        )?;
         let dropped = ConstCounter::new(g.audit_dropped);
         dropped.encode(encoder.encode_descriptor(
             "passerelle_audit_dropped",

@@ -115,7 +115,8 @@ impl KrbError {
     }
 }
 
-/// Credentials re-acquired when less than this is left of them.
+/// Credentials are re-acquired when less than this is left of them, or a fifth of their
+/// lifetime when that is shorter: one AS exchange per lifetime, before the tickets expire.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 
 /// The security contexts' flags: the parent proves itself (mutual), messages cannot be
@@ -149,6 +150,8 @@ struct Held {
     cred: Arc<ffi::Cred>,
     principal: String,
     until: Option<Instant>,
+    /// When to get new ones.
+    refresh_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -237,14 +240,13 @@ impl Initiator {
     fn held(&self) -> Result<Held, KrbError> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = held.as_ref() {
-            let fresh = h
-                .until
-                .is_none_or(|until| until > Instant::now() + REFRESH_BEFORE);
+            let fresh = h.refresh_at.is_none_or(|at| at > Instant::now());
             if fresh {
                 return Ok(Held {
                     cred: h.cred.clone(),
                     principal: h.principal.clone(),
                     until: h.until,
+                    refresh_at: h.refresh_at,
                 });
             }
         }
@@ -253,6 +255,7 @@ impl Initiator {
             cred: acquired.cred.clone(),
             principal: acquired.principal.clone(),
             until: acquired.until,
+            refresh_at: acquired.refresh_at,
         };
         *held = Some(acquired);
         Ok(copy)
@@ -312,12 +315,14 @@ impl Initiator {
             .principal()
             .or_else(|| self.principal.clone())
             .unwrap_or_default();
-        let until = (lifetime != u32::MAX && lifetime != 0)
-            .then(|| Instant::now() + Duration::from_secs(lifetime.into()));
+        let life =
+            (lifetime != u32::MAX && lifetime != 0).then(|| Duration::from_secs(lifetime.into()));
+        let now = Instant::now();
         Ok(Held {
             cred: Arc::new(cred),
             principal,
-            until,
+            until: life.map(|l| now + l),
+            refresh_at: life.map(|l| now + l - REFRESH_BEFORE.min(l / 5)),
         })
     }
 

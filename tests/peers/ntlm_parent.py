@@ -22,6 +22,11 @@ Every event is appended to --log as a JSON line, so tests assert on what the par
 
 Credentials come from NTLM_USER_FILE (lines DOMAIN:user:password); LM_COMPAT_LEVEL=5 makes
 the acceptor refuse LM and NTLMv1.
+
+With --negotiate KEYTAB (and --krb5-config), it demands Negotiate instead and accepts Kerberos
+with MIT's GSS acceptor (through python-gssapi) and the service key in KEYTAB;
+its first answer after the handshake carries the acceptor's final token (the AP-REP: mutual
+authentication), or none (--final-token omit), or one the acceptor did not make (garble).
 """
 
 import argparse
@@ -34,7 +39,10 @@ import os
 import sys
 import urllib.parse
 
-import spnego
+try:
+    import spnego  # NTLM
+except ImportError:  # --negotiate needs python-gssapi only
+    spnego = None
 
 COUNTER = itertools.count(1)
 
@@ -115,10 +123,38 @@ async def pipe(reader, writer):
             pass
 
 
+def scheme(args):
+    return "Negotiate" if args.negotiate else "NTLM"
+
+
+class Accepted:
+    """A GSS acceptor with pyspnego's context interface (step, complete, client_principal)."""
+
+    def __init__(self, context):
+        self.context = context
+
+    def step(self, token):
+        return self.context.step(token)
+
+    @property
+    def complete(self):
+        return self.context.complete
+
+    @property
+    def client_principal(self):
+        return str(self.context.initiator_name)
+
+
+def garbled(token):
+    """The acceptor's final token with its last bytes (inside the AP-REP's encrypted part)
+    flipped: well formed, but not what the acceptor made."""
+    return token[:-8] + bytes(b ^ 0xFF for b in token[-8:])
+
+
 def challenge_headers(args, token=None):
     if token is not None:
-        return [("Proxy-Authenticate", "NTLM " + base64.b64encode(token).decode())]
-    offered = [("Proxy-Authenticate", "NTLM")]
+        return [("Proxy-Authenticate", scheme(args) + " " + base64.b64encode(token).decode())]
+    offered = [("Proxy-Authenticate", scheme(args))]
     if args.offer_basic:
         offered.append(("Proxy-Authenticate", 'Basic realm="passerelle-test"'))
     return offered
@@ -149,6 +185,7 @@ async def handle(args, reader, writer):
     context = None
     user = None
     served = 0
+    final = []
     try:
         while True:
             head = await read_head(reader)
@@ -163,11 +200,15 @@ async def handle(args, reader, writer):
             body = None
             challenge = None
             if user is None:
-                if not auth or not auth.lower().startswith("ntlm "):
+                prefix = scheme(args).lower() + " "
+                if not auth or not auth.lower().startswith(prefix):
                     challenge, text = challenge_headers(args), b"authentication required"
                 else:
-                    token = base64.b64decode(auth[5:])
-                    if context is None or token[8:12] == b"\x01\x00\x00\x00":
+                    token = base64.b64decode(auth[len(prefix):])
+                    if args.negotiate:
+                        import gssapi
+                        context = Accepted(gssapi.SecurityContext(usage="accept"))
+                    elif context is None or token[8:12] == b"\x01\x00\x00\x00":
                         context = spnego.server(protocol="ntlm")
                     try:
                         out = context.step(token)
@@ -186,7 +227,13 @@ async def handle(args, reader, writer):
                                 return
                         else:
                             user = context.client_principal
-                            log(args.log, event="handshake", conn=conn, user=user)
+                            log(args.log, event="handshake", conn=conn, user=user,
+                                final_token=bool(out))
+                            token = {"send": out, "omit": None,
+                                     "garble": garbled(out) if out else None}[args.final_token]
+                            if args.negotiate and token:
+                                final = [("Proxy-Authenticate",
+                                          "Negotiate " + base64.b64encode(token).decode())]
             if challenge is not None:
                 kept = await refuse(args, writer, headers, challenge, text)
                 if kept is False:
@@ -233,13 +280,14 @@ async def handle(args, reader, writer):
                 respond(writer, status, reason, kept, data)
                 await writer.drain()
                 continue
+            extra, final = final, []
             report = json.dumps({
                 "via_parent": True, "method": method, "target": target, "user": user,
                 "conn": conn, "body_len": len(body),
                 "body": body.decode("utf-8", "replace")[:200],
                 "headers": {k: v for k, v in headers.items() if k != "proxy-authorization"},
             }).encode()
-            respond(writer, 200, "OK", [("Content-Type", "application/json")], report)
+            respond(writer, 200, "OK", [("Content-Type", "application/json")] + extra, report)
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         return
@@ -253,6 +301,11 @@ async def main():
     parser.add_argument("--log", required=True)
     parser.add_argument("--map", action="append", default=[], help="host:port=127.0.0.1:port")
     parser.add_argument("--offer-basic", action="store_true", help="also offer Basic (never accepted)")
+    parser.add_argument("--negotiate", metavar="KEYTAB",
+                        help="demand Negotiate (Kerberos), the service key in KEYTAB")
+    parser.add_argument("--krb5-config", help="the KDC's krb5.conf, with --negotiate")
+    parser.add_argument("--final-token", choices=["send", "omit", "garble"], default="send",
+                        help="with --negotiate: the final token in the first answer")
     parser.add_argument("--rechallenge-after", type=int, default=0,
                         help="forget an authenticated connection's user after N requests on it "
                              "(as a parent whose credentials cache expired does): the next gets a 407")
@@ -260,6 +313,10 @@ async def main():
                         help="fault: close the connection right after the NTLM challenge")
     args = parser.parse_args()
     args.map = dict(m.lower().split("=", 1) for m in args.map)
+    if args.negotiate:
+        os.environ["KRB5_KTNAME"] = args.negotiate
+        if args.krb5_config:
+            os.environ["KRB5_CONFIG"] = args.krb5_config
     if os.environ.get("LM_COMPAT_LEVEL") != "5" or not os.environ.get("NTLM_USER_FILE"):
         sys.exit("set NTLM_USER_FILE and LM_COMPAT_LEVEL=5")
     server = await asyncio.start_server(lambda r, w: handle(args, r, w), "127.0.0.1", args.port)

@@ -47,6 +47,32 @@ impl NtlmParent {
         panic!("the NTLM parent could not bind a port in three attempts");
     }
 
+    /// The same parent demanding Negotiate: MIT's GSS acceptor (python-gssapi) with the key of
+    /// `HTTP/<name>` made at `kdc`; its first answer after the handshake carries the final
+    /// token as `final_token` says (`send`, `omit`, `garble`).
+    pub async fn negotiate(
+        kdc: &Kdc,
+        name: &str,
+        map: &[(&str, SocketAddr)],
+        final_token: &str,
+    ) -> NtlmParent {
+        let keytab = kdc.dir().join(format!("http-{final_token}.keytab"));
+        if !keytab.exists() {
+            kdc.add_service(&format!("HTTP/{name}"), &keytab);
+        }
+        let keytab = keytab.display().to_string();
+        let conf = kdc.krb5_conf.display().to_string();
+        let flags = [
+            "--negotiate",
+            &keytab,
+            "--krb5-config",
+            &conf,
+            "--final-token",
+            final_token,
+        ];
+        NtlmParent::start_with(&[("X", "unused", "unused")], map, &flags).await
+    }
+
     /// [`NtlmParent::start`] on a given port (to bring a parent back where it was).
     pub async fn start_on(
         port: u16,
@@ -76,7 +102,19 @@ impl NtlmParent {
         std::fs::write(&users_file, lines.join("\n") + "\n").expect("users file");
         let log = dir.path().join("parent.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/ntlm_parent.py");
-        let mut cmd = Command::new("python3");
+        // Kerberos needs python-gssapi: python3's, or Debian's interpreter's.
+        let python = if flags.contains(&"--negotiate")
+            && !Command::new("python3")
+                .args(["-c", "import gssapi"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        let mut cmd = Command::new(python);
         cmd.arg(&script)
             .args(["--port", &port.to_string(), "--log"])
             .arg(&log)
@@ -293,6 +331,11 @@ impl Squid {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Squid's cache.log: its own and its helpers' messages.
+    pub fn cache_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
     }
 
     /// Waits (bounded) for an access.log line (Squid writes one when a transaction ends).
@@ -554,6 +597,16 @@ impl Kdc {
                 l.contains("TGS_REQ")
                     && l.contains("ISSUE")
                     && l.contains(&format!("for {principal}@"))
+            })
+            .count()
+    }
+
+    /// Initial tickets (AS exchanges) issued to `principal` (`svc-covotem`).
+    pub fn tgts_issued_to(&self, principal: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains("AS_REQ") && l.contains("ISSUE") && l.contains(&format!(" {principal}@"))
             })
             .count()
     }

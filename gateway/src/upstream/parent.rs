@@ -89,7 +89,13 @@ pub struct ParentState {
     proven: Mutex<Option<Fingerprint>>,
     /// Destinations the parent refused after accepting the account, until they may go again.
     refused: Mutex<HashMap<String, DestinationHold>>,
+    /// Kerberos steps on the blocking pool at once: a slow KDC queues requests here, not
+    /// threads in the pool.
+    kerberos_steps: Arc<tokio::sync::Semaphore>,
 }
+
+/// Kerberos steps of one parent that may wait on the KDC at once.
+const KERBEROS_STEPS: usize = 4;
 
 /// A destination a parent refused, and when it may be asked again.
 struct DestinationHold {
@@ -184,6 +190,7 @@ impl Parent {
                 last_checked: Mutex::new(Instant::now()),
                 proven: Mutex::new(None),
                 refused: Mutex::new(HashMap::new()),
+                kerberos_steps: Arc::new(tokio::sync::Semaphore::new(KERBEROS_STEPS)),
             })
         });
         let backoff = Backoff {
@@ -774,13 +781,26 @@ impl Parent {
         if !handshake.may_block() {
             return f(handshake);
         }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let queued = self.state.kerberos_steps.clone().acquire_owned();
+        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, queued).await else {
+            return Err(AuthError::Kerberos(NegotiateError {
+                failure: passerelle_auth::KerberosFailure::KdcUnreachable,
+                detail: format!(
+                    "{KERBEROS_STEPS} Kerberos steps already wait on the KDC for this parent; none ended within {}",
+                    humantime::format_duration(timeout)
+                ),
+            }));
+        };
         let placeholder = Handshake::new(AuthMode::None, None, self.workstation.clone());
         let mut owned = std::mem::replace(handshake, placeholder);
         let task = tokio::task::spawn_blocking(move || {
+            // Held until the step ends, even when its caller gave up waiting.
+            let _permit = permit;
             let result = f(&mut owned);
             (owned, result)
         });
-        match tokio::time::timeout(timeout, task).await {
+        match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok((back, result))) => {
                 *handshake = back;
                 result
@@ -865,8 +885,11 @@ impl Parent {
                     let verified = self
                         .step(&mut handshake, timeouts.connect, move |h| h.finish(&finals))
                         .await;
+                    // Mutual authentication: a parent whose final token does not verify has
+                    // not proven it is the parent; its answer is not passed on.
                     if let Err(e) = verified {
-                        tracing::warn!(upstream.url = %self.url, error = %e, "parent.auth.negotiate.final_token: the parent's final token did not verify; its answer is used all the same");
+                        tracing::error!(upstream.url = %self.url, error = %e, "parent.auth.negotiate.final_token: the parent's final token did not verify: not the parent it claims to be, or a token changed on the way");
+                        return Err(failed(e, &handshake));
                     }
                 }
                 if handshake.sent_credentials() {

@@ -555,3 +555,233 @@ async fn doctor_checks_the_credentials_and_the_service_ticket() {
         "{bad:?}"
     );
 }
+
+/// A host without MIT Kerberos: the binary run with a library directory whose
+/// `libgssapi_krb5` and `libkrb5` are not libraries (first on the loader's path).
+fn without_mit_kerberos(dir: &Path) -> String {
+    let libs = dir.join("no-krb5");
+    std::fs::create_dir_all(&libs).unwrap();
+    for name in [
+        "libgssapi_krb5.so.2",
+        "libgssapi_krb5.so",
+        "libkrb5.so.3",
+        "libkrb5.so",
+    ] {
+        std::fs::write(libs.join(name), b"not a library").unwrap();
+    }
+    libs.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_without_mit_kerberos_says_so_and_falls_back_where_allowed() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::NegotiateAndNtlm {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let url = format!("http://origin.test:{}/nolib", origin.addr.port());
+    for (auth, fallback, status) in [
+        ("negotiate", "none", 502),
+        ("negotiate", "ntlm", 200),
+        ("auto", "ntlm", 200),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let libs = without_mit_kerberos(dir.path());
+        let upstream = format!(
+            "{}negotiate_fallback = \"{fallback}\"\n",
+            password_upstream(auth)
+        );
+        let gw = Running::with_env(
+            dir.path(),
+            &config(&origin, &squid, &upstream),
+            &[
+                ("PW", PASSWORD),
+                ("KRB5_CONFIG", &kdc.krb5_conf.display().to_string()),
+                ("LD_LIBRARY_PATH", &libs),
+            ],
+        )
+        .closed_dns(&[(PARENT, LOCALHOST)])
+        .start()
+        .await;
+        let r = curl(&["-x", &gw.proxy(), &url]).await;
+        assert_eq!(r.status, status, "auth {auth}, fallback {fallback}: {r:?}");
+        let records = wait_records(&dir.path().join("audit.jsonl"), 1).await;
+        let record = records.last().unwrap();
+        if status == 502 {
+            assert_eq!(record["reason"], "kerberos_unavailable", "{record}");
+            let detail = record["detail"].as_str().unwrap();
+            assert!(detail.contains("apt install libgssapi-krb5-2"), "{detail}");
+            assert!(r.body.contains("Kerberos"), "{}", r.body);
+        } else {
+            assert_eq!(record["reason"], Value::Null, "{record}");
+            squid
+                .wait_access(|l| l.contains("/nolib") && l.contains("TCP_MISS/200"))
+                .await;
+            let log = gw.log();
+            assert!(log.contains("parent.auth.negotiate.fallback"), "{log}");
+            assert!(log.contains("libgssapi_krb5"), "{log}");
+        }
+        assert_eq!(kdc.tgts_issued_to(USER), 0, "the KDC was asked");
+        gw.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tickets_are_renewed_under_traffic_one_as_exchange_per_lifetime_in_one_cache() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    // Tickets of 15 seconds: several lifetimes within the test.
+    let lifetime = 15.0;
+    kdc.admin(&format!("modprinc -maxlife \"15 seconds\" {USER}"));
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(
+        dir.path(),
+        &config(&origin, &squid, &password_upstream("negotiate")),
+        &kdc.krb5_conf,
+        PASSWORD,
+    )
+    .await;
+    let admin = gw.admin().await;
+    let url = format!("http://origin.test:{}/steady", origin.addr.port());
+    let started = std::time::Instant::now();
+    let mut requests = 0;
+    // Steady traffic, ten tunnels a second, each a new parent connection and handshake, until
+    // the KDC has issued the fourth initial ticket (bounded in count and time).
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+    while kdc.tgts_issued_to(USER) < 4 {
+        pace.tick().await;
+        assert!(
+            requests < 1200 && started.elapsed().as_secs() < 120,
+            "{requests} requests, {} TGTs",
+            kdc.tgts_issued_to(USER)
+        );
+        let r = curl(&["-x", &gw.proxy(), "-p", &url]).await;
+        assert_eq!(r.status, 200, "request {requests} failed: {r:?}");
+        requests += 1;
+        assert_eq!(
+            metric(&admin, "passerelle_kerberos_ticket_caches").await,
+            Some(1.0),
+            "one cache for the parent"
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let tgts = kdc.tgts_issued_to(USER);
+    eprintln!(
+        "{requests} tunnels in {elapsed:.0} s: {tgts} initial tickets, {} service tickets",
+        kdc.tickets_issued_for(&format!("HTTP/{PARENT}"))
+    );
+    // One AS exchange per lifetime (renewed a fifth of it before the end), not per connection.
+    assert!(
+        (tgts as f64) <= (elapsed / (lifetime * 0.8)).ceil() + 1.0,
+        "{tgts} initial tickets in {elapsed:.0} s"
+    );
+    assert!(
+        requests > 4 * tgts,
+        "{requests} tunnels for {tgts} initial tickets"
+    );
+    assert_eq!(kdc.preauth_failures(), 0, "{}", kdc.log());
+    let records = passerelle_tests::harness::read_audit_all(&dir.path().join("audit.jsonl"));
+    assert!(
+        records.iter().all(|r| r["reason"].is_null()),
+        "a request failed: {:?}",
+        records.iter().find(|r| !r["reason"].is_null())
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_parent_proves_itself_and_a_final_token_that_does_not_verify_is_refused() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let origin = HttpOrigin::start().await;
+    let url = format!("http://origin.test:{}/mutual", origin.addr.port());
+    let map = [("origin.test", origin.addr)];
+    let toml = |parent: &str, port: u16| {
+        format!(
+            "[routing]\ndefault = \"upstream\"\n\
+             [[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [{}]\n\
+             [[upstream]]\nurl = \"http://{parent}:{port}\"\n{}",
+            origin.addr.port(),
+            password_upstream("negotiate")
+        )
+    };
+    // A parent with MIT's acceptor that answers with its final token (the AP-REP), one that
+    // sends none, one whose final token is not the acceptor's; and Squid, which sends none.
+    for (final_token, expected) in [("send", 200), ("omit", 200), ("garble", 502)] {
+        let name = format!("{final_token}.parent.test");
+        let parent =
+            passerelle_tests::peers::NtlmParent::negotiate(&kdc, &name, &map, final_token).await;
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Running::with_env(
+            dir.path(),
+            &toml(&name, parent.addr.port()),
+            &[
+                ("PW", PASSWORD),
+                ("KRB5_CONFIG", &kdc.krb5_conf.display().to_string()),
+            ],
+        )
+        .closed_dns(&[(name.as_str(), LOCALHOST)])
+        .start()
+        .await;
+        let r = curl(&["-x", &gw.proxy(), &url]).await;
+        assert_eq!(
+            r.status,
+            expected,
+            "final token {final_token}: {r:?}\n{}",
+            gw.log()
+        );
+        let handshake = parent
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "handshake")
+            .unwrap_or_else(|| panic!("no handshake: {:?}", parent.events()));
+        assert_eq!(handshake["user"], format!("{USER}@{REALM}"));
+        // Mutual authentication was asked for: the acceptor had a final token to give.
+        assert_eq!(handshake["final_token"], true, "{handshake}");
+        if expected == 502 {
+            let records = wait_records(&dir.path().join("audit.jsonl"), 1).await;
+            let record = records.last().unwrap();
+            assert_eq!(record["reason"], "kerberos_bad_token", "{record}");
+            assert!(gw.log().contains("parent.auth.negotiate.final_token"));
+            // The account is not at fault: nothing held, the next request tries again.
+            let again = curl(&["-x", &gw.proxy(), &url]).await;
+            assert_eq!(again.status, 502, "{again:?}");
+            assert_eq!(kdc.preauth_failures(), 0);
+        }
+        gw.stop().await;
+    }
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(
+        dir.path(),
+        &toml(PARENT, squid.addr.port()),
+        &kdc.krb5_conf,
+        PASSWORD,
+    )
+    .await;
+    let r = curl(&["-x", &gw.proxy(), &url]).await;
+    assert_eq!(r.status, 200, "Squid: {r:?}");
+    gw.stop().await;
+}
