@@ -99,7 +99,8 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
     let mut parent_passed = runtime.parents.list().is_empty();
     for parent in runtime.parents.list() {
         if let Some(initiator) = parent.state.negotiator.clone() {
-            checks.extend(kerberos(initiator, runtime.config.limits.connect_timeout).await);
+            let host = parent_host(&parent.url);
+            checks.extend(kerberos(&host, initiator, runtime.config.limits.connect_timeout).await);
         }
         let probe = parent_probe(parent, first_tls_flow.as_ref(), &runtime).await;
         parent_passed |= probe.ok;
@@ -536,7 +537,212 @@ where
 
 /// Kerberos toward a parent: the credentials (and how long the TGT lasts), then a service
 /// ticket for the parent's SPN (which also shows the KDC answering and the clock agreeing).
-async fn kerberos(initiator: Arc<passerelle_kerberos::Initiator>, timeout: Duration) -> Vec<Check> {
+/// The host of a parent's URL.
+fn parent_host(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host.trim_matches(['[', ']']).into(),
+        _ => authority.trim_matches(['[', ']']).into(),
+    }
+}
+
+/// The clocks may differ by this much before Kerberos refuses (MIT's and AD's default).
+const KERBEROS_SKEW: Duration = Duration::from_secs(300);
+
+/// The Kerberos section for one Negotiate parent: the SPN and what the names around it will
+/// make of it, each KDC over UDP and TCP, the clock against the KDC's, the account and its keys
+/// at the KDC, then the credentials and a service ticket as the gateway gets them.
+async fn kerberos(
+    host: &str,
+    initiator: Arc<passerelle_kerberos::Initiator>,
+    timeout: Duration,
+) -> Vec<Check> {
+    let host = host.to_string();
+    let setup = initiator.clone();
+    let mut checks = tokio::task::spawn_blocking(move || kerberos_setup(&host, &setup))
+        .await
+        .unwrap_or_default();
+    checks.extend(kerberos_tickets(initiator, timeout).await);
+    checks
+}
+
+/// What is checked without the library: names, KDCs, clock, account.
+fn kerberos_setup(host: &str, initiator: &passerelle_kerberos::Initiator) -> Vec<Check> {
+    use passerelle_kerberos::kdc;
+    let mut checks = Vec::new();
+    let conf_path = std::env::var_os("KRB5_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/krb5.conf".into());
+    let conf = std::fs::read_to_string(&conf_path).unwrap_or_default();
+    let principal = initiator.principal().map(str::to_string);
+    let realm = principal
+        .as_deref()
+        .and_then(|p| p.rsplit_once('@').map(|(_, r)| r.to_string()))
+        .or_else(|| {
+            conf.lines()
+                .find_map(|l| l.trim().strip_prefix("default_realm"))
+                .and_then(|v| v.split_once('=').map(|(_, r)| r.trim().to_string()))
+        })
+        .unwrap_or_default();
+    let profile = kdc::profile(&conf, &realm);
+    // The SPN, and what the resolver and the library's settings make of the name.
+    let spn = initiator.spn().to_string();
+    let from = if spn == format!("HTTP@{host}") {
+        "the URL's host"
+    } else {
+        "spn"
+    };
+    let hints = dns_lookup::AddrInfoHints {
+        flags: 2, // AI_CANONNAME
+        ..Default::default()
+    };
+    let canonical = dns_lookup::getaddrinfo(Some(host), None, Some(hints))
+        .ok()
+        .and_then(|mut found| found.next())
+        .and_then(|a| a.ok())
+        .and_then(|a| a.canonname)
+        .map(|c| c.trim_end_matches('.').to_ascii_lowercase());
+    let canonicalize = profile
+        .dns_canonicalize_hostname
+        .clone()
+        .unwrap_or_else(|| "true".into());
+    let spn_words = spn.replacen('@', "/", 1);
+    match canonical {
+        Some(target) if target != host.to_ascii_lowercase() && from == "the URL's host" => {
+            if canonicalize == "false" {
+                checks.push(Check::pass(
+                    "kerberos-spn",
+                    &spn_words,
+                    format!("from {from}; {host} is a CNAME for {target}, and dns_canonicalize_hostname = false keeps the SPN on {host}"),
+                ));
+            } else {
+                checks.push(Check::fail(
+                    "kerberos-spn",
+                    &spn_words,
+                    format!("from {from}; {host} is a CNAME for {target}: with dns_canonicalize_hostname = {canonicalize} the library asks for HTTP/{target}{}", if canonicalize == "fallback" { " when HTTP/{host} fails" } else { "" }),
+                    format!("in krb5.conf [libdefaults]: dns_canonicalize_hostname = false and rdns = false (the proxy's SPN is HTTP/{host}); or spn = \"HTTP@{target}\" if the proxy's account holds that one"),
+                ));
+            }
+        }
+        Some(_) => checks.push(Check::pass(
+            "kerberos-spn",
+            &spn_words,
+            format!(
+                "from {from}; not a CNAME{}",
+                if profile.rdns == Some(false) {
+                    ""
+                } else {
+                    " (rdns is not false: a reverse lookup may still change the name; set rdns = false)"
+                }
+            ),
+        )),
+        None => checks.push(Check::fail(
+            "kerberos-spn",
+            &spn_words,
+            format!("from {from}; {host} does not resolve"),
+            "the parent's name must resolve on this host (Kerberos needs the name, not an address)",
+        )),
+    }
+    // The KDCs, over UDP and TCP; the clock and the account from their answer.
+    let Some(principal) = principal else {
+        return checks;
+    };
+    let user = principal
+        .rsplit_once('@')
+        .map_or(principal.as_str(), |(u, _)| u);
+    if profile.kdcs.is_empty() {
+        checks.push(Check::info(
+            "kerberos-kdc",
+            &realm,
+            if profile.dns_lookup_kdc == Some(false) {
+                format!("no kdc line for {realm} in {} and dns_lookup_kdc = false: the library has no KDC to ask", conf_path.display())
+            } else {
+                format!("the KDCs of {realm} come from DNS SRV records (_kerberos._udp.{realm}, _kerberos._tcp.{realm}): not probed here; list them in [realms] to have them checked")
+            },
+        ));
+        return checks;
+    }
+    let mut answered = None;
+    for name in &profile.kdcs {
+        let probed = kdc::probe(name, user, &realm, Duration::from_secs(3));
+        let target = format!("{name} ({realm})");
+        match (&probed.udp, &probed.tcp) {
+            (Ok(_), Ok(_)) => checks.push(Check::pass("kerberos-kdc", &target, "answers on UDP and TCP")),
+            (Ok(_), Err(e)) => checks.push(Check::fail("kerberos-kdc", &target, format!("answers on UDP, not on TCP: {e}"), "open TCP 88 to the KDC: tickets over 1400 bytes (AD's, with group memberships) need it")),
+            (Err(e), Ok(_)) => checks.push(Check::fail("kerberos-kdc", &target, format!("answers on TCP, not on UDP: {e}"), "open UDP 88 to the KDC, or set udp_preference_limit = 1 in krb5.conf to use TCP only")),
+            (Err(u), Err(t)) => checks.push(Check::fail("kerberos-kdc", &target, format!("{u}; {t}"), "the KDC must be reachable on port 88 (UDP and TCP) from this host: firewall, route, the kdc line in krb5.conf")),
+        }
+        if answered.is_none() {
+            answered = probed.udp.ok().or(probed.tcp.ok());
+        }
+    }
+    match answered {
+        Some(kdc::Answer::Error { code, stime, etypes }) => {
+            let now = SystemTime::now();
+            let (ahead, offset) = match stime.duration_since(now) {
+                Ok(d) => (true, d),
+                Err(e) => (false, e.duration()),
+            };
+            let words = format!(
+                "this host's clock is {}s {} the KDC's (from the KDC's own answer)",
+                offset.as_secs(),
+                if ahead { "behind" } else { "ahead of" }
+            );
+            if offset > KERBEROS_SKEW {
+                checks.push(Check::fail("kerberos-clock", &realm, words, "Kerberos refuses beyond 5 minutes: synchronise this host (chrony or systemd-timesyncd) with the domain's time source"));
+            } else {
+                checks.push(Check::pass("kerberos-clock", &realm, words));
+            }
+            let keys: Vec<String> = etypes.iter().map(|e| passerelle_kerberos::enctype_name(*e)).collect();
+            match code {
+                kdc::PREAUTH_REQUIRED => {
+                    let mut detail = format!("the KDC knows {principal} and wants pre-authentication, as AD does");
+                    if !keys.is_empty() {
+                        detail.push_str(&format!("; it holds its keys in {}", keys.join(", ")));
+                    }
+                    let keytab = initiator.keytab_keys();
+                    match keytab {
+                        Some(Ok(entries)) if !etypes.is_empty() && !entries.iter().any(|k| etypes.contains(&k.enctype)) => {
+                            checks.push(Check::fail(
+                                "kerberos-account",
+                                &principal,
+                                format!("{detail}; the keytab holds none of them ({})", entries.iter().map(|k| format!("kvno {} {}", k.kvno, passerelle_kerberos::enctype_name(k.enctype))).collect::<Vec<_>>().join(", ")),
+                                "make the keytab again with the account's encryption types (ktpass /crypto AES256-SHA1, or msktutil --enctypes)",
+                            ));
+                        }
+                        Some(Ok(entries)) => {
+                            detail.push_str(&format!("; the keytab holds {}", entries.iter().map(|k| format!("kvno {} {}", k.kvno, passerelle_kerberos::enctype_name(k.enctype))).collect::<Vec<_>>().join(", ")));
+                            checks.push(Check::pass("kerberos-account", &principal, detail));
+                        }
+                        _ => checks.push(Check::pass("kerberos-account", &principal, detail)),
+                    }
+                }
+                kdc::PRINCIPAL_UNKNOWN | kdc::CLIENT_REVOKED | kdc::WRONG_REALM => checks.push(Check::fail(
+                    "kerberos-account",
+                    &principal,
+                    kdc::error_name(code),
+                    "check the user (user@REALM, the realm in capitals, a machine account ends with $) and that the account is enabled",
+                )),
+                other => checks.push(Check::info("kerberos-account", &principal, kdc::error_name(other))),
+            }
+        }
+        Some(kdc::Answer::Ticket) => checks.push(Check::fail(
+            "kerberos-account",
+            &principal,
+            "the KDC gives this account tickets without pre-authentication: anyone can ask for them and guess its password offline",
+            "require Kerberos pre-authentication for the account (in AD, clear \"Do not require Kerberos preauthentication\")",
+        )),
+        None => {}
+    }
+    checks
+}
+
+/// The credentials and a service ticket, as the gateway gets them.
+async fn kerberos_tickets(
+    initiator: Arc<passerelle_kerberos::Initiator>,
+    timeout: Duration,
+) -> Vec<Check> {
     let spn = initiator.spn().to_string();
     let source = initiator.source().describe();
     let probe = tokio::task::spawn_blocking(move || {
@@ -544,7 +750,7 @@ async fn kerberos(initiator: Arc<passerelle_kerberos::Initiator>, timeout: Durat
         let ticket = credentials
             .as_ref()
             .ok()
-            .map(|_| initiator.begin().map(|_| ()));
+            .map(|_| initiator.begin().map(|(_, token)| token.len()));
         (credentials, ticket)
     });
     let (credentials, ticket) = match tokio::time::timeout(timeout, probe).await {
@@ -585,10 +791,18 @@ async fn kerberos(initiator: Arc<passerelle_kerberos::Initiator>, timeout: Durat
         }
     }
     match ticket {
-        Some(Ok(())) => checks.push(Check::pass(
+        Some(Ok(size)) => checks.push(Check::pass(
             "kerberos",
             &spn,
-            "service ticket obtained: the KDC answers and the clocks agree",
+            format!(
+                "service ticket obtained: the KDC answers and the clocks agree; the Negotiate token is {size} bytes ({} base64 in the header{})",
+                size.div_ceil(3) * 4,
+                if size > 12_000 {
+                    ": large (many group memberships); proxies cap headers near 16-64 KiB"
+                } else {
+                    ""
+                }
+            ),
         )),
         Some(Err(e)) => checks.push(Check::fail(
             "kerberos",

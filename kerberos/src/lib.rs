@@ -6,6 +6,7 @@
 
 mod ffi;
 mod initiator;
+pub mod kdc;
 
 pub use ffi::KeytabEntry;
 pub use initiator::{enctype_name, live_caches, Context, Failure, Initiator, KrbError, Source};

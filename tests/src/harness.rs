@@ -598,7 +598,7 @@ pub fn with_closed_dns(
 }
 
 /// libfaketime's preload library, for [`Launch::clock_offset`].
-fn libfaketime() -> PathBuf {
+pub fn libfaketime() -> PathBuf {
     [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",

@@ -785,3 +785,302 @@ async fn the_parent_proves_itself_and_a_final_token_that_does_not_verify_is_refu
     assert_eq!(r.status, 200, "Squid: {r:?}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_jump_host_s_machine_account_keytab_is_rotated_under_traffic_without_a_failure() {
+    let kdc = Kdc::start().await;
+    // A joined jump host: its machine account, its key in the system keytab (SSSD, adcli).
+    let machine = "JUMPHOST$";
+    let keytab = kdc.dir().join("krb5.keytab");
+    kdc.add_keytab_user(machine, &keytab);
+    kdc.admin(&format!("modprinc -maxlife \"15 seconds\" {machine}"));
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!(
+        "auth = \"negotiate\"\nuser = \"{machine}@{REALM}\"\nkeytab_file = \"{}\"\n",
+        keytab.display()
+    );
+    let gw = start(
+        dir.path(),
+        &config(&origin, &squid, &upstream),
+        &kdc.krb5_conf,
+        "",
+    )
+    .await;
+    let url = format!("http://origin.test:{}/machine", origin.addr.port());
+    let started = std::time::Instant::now();
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut requests = 0;
+    let mut rotated_at = None;
+    // Steady tunnels; right after the second initial ticket, the account's key changes and the
+    // keytab is rewritten as adcli does it (the new key version beside the old, then a rename
+    // over the file); the traffic goes on until two more initial tickets came from the new key.
+    loop {
+        let tgts = kdc.tgts_issued_to(machine);
+        if rotated_at.is_some_and(|at| tgts >= at + 2) {
+            break;
+        }
+        if rotated_at.is_none() && tgts >= 2 {
+            let next = dir.path().join("krb5.keytab.new");
+            std::fs::copy(&keytab, &next).unwrap();
+            kdc.admin(&format!("ktadd -k {} {machine}", next.display()));
+            std::fs::rename(&next, &keytab).unwrap();
+            rotated_at = Some(tgts);
+        }
+        assert!(
+            requests < 1200 && started.elapsed().as_secs() < 120,
+            "{requests} requests, {tgts} initial tickets"
+        );
+        pace.tick().await;
+        let r = curl(&["-x", &gw.proxy(), "-p", &url]).await;
+        assert_eq!(
+            r.status,
+            200,
+            "request {requests} failed: {r:?}\n{}",
+            gw.log()
+        );
+        requests += 1;
+    }
+    let listing = kdc.admin(&format!("getprinc {machine}"));
+    // The key changed: its version is 3 now (1 at creation, 2 from the first export).
+    assert!(
+        listing.contains("vno 3"),
+        "the key did not change: {listing}"
+    );
+    assert_eq!(kdc.preauth_failures(), 0, "{}", kdc.log());
+    squid
+        .wait_access(|l| l.contains("TCP_TUNNEL/200") && l.contains(&format!("{machine}@{REALM}")))
+        .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_finds_each_kerberos_cause() {
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    let keytab_user = "svc-keytab";
+    let keytab = kdc.dir().join("svc-keytab.keytab");
+    kdc.add_keytab_user(keytab_user, &keytab);
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A krb5.conf as MIT ships its defaults for names (canonicalised through DNS).
+    let canonicalising = dir.path().join("krb5-canonicalising.conf");
+    std::fs::write(
+        &canonicalising,
+        std::fs::read_to_string(&kdc.krb5_conf).unwrap().replace(
+            "dns_canonicalize_hostname = false",
+            "dns_canonicalize_hostname = true",
+        ),
+    )
+    .unwrap();
+    // `alias.test` is a second name of `parent.test` (a CNAME, as the resolver answers it).
+    let hosts = vec![
+        (format!("{PARENT} alias.test"), LOCALHOST),
+        ("nospn.test".to_string(), LOCALHOST),
+    ];
+    let doctor = |case: &str, parent: &str, upstream: &str, conf: &Path, clock: Option<&str>| {
+        let file = dir.path().join(format!("{case}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "profile = \"none\"\n[routing]\ndefault = \"upstream\"\n\
+                 [[flows]]\nid = \"site\"\nhosts = [\"origin.test\"]\nports = [{}]\ntls_ports = []\n\
+                 [[upstream]]\nurl = \"http://{parent}:{}\"\n{upstream}",
+                origin.addr.port(),
+                squid.addr.port(),
+            ),
+        )
+        .unwrap();
+        let case_dir = dir.path().join(case);
+        std::fs::create_dir_all(&case_dir).unwrap();
+        let program: Vec<std::ffi::OsString> = vec![
+            passerelle_tests::harness::passerelle_bin().into(),
+            "doctor".into(),
+            "--json".into(),
+            "--config".into(),
+            file.into(),
+        ];
+        let mut cmd = passerelle_tests::harness::with_closed_dns(&case_dir, &hosts, &program);
+        cmd.env("PW", PASSWORD).env("KRB5_CONFIG", conf);
+        if let Some(offset) = clock {
+            cmd.env("LD_PRELOAD", passerelle_tests::harness::libfaketime())
+                .env("FAKETIME", offset);
+        }
+        let out = cmd.output().unwrap();
+        let checks: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["check"].as_str().unwrap().starts_with("kerberos"))
+            .map(|c| (c["check"].as_str().unwrap().to_string(), c.clone()))
+            .collect::<Vec<(String, Value)>>()
+    };
+    let find = |checks: &[(String, Value)], name: &str| -> Value {
+        checks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("no {name} check: {checks:#?}"))
+    };
+    let password = password_upstream("negotiate");
+
+    // Everything right: each check passes and says what it saw.
+    let good = doctor("good", PARENT, &password, &kdc.krb5_conf, None);
+    assert!(good.iter().all(|(_, c)| c["ok"] == true), "{good:#?}");
+    assert!(find(&good, "kerberos-spn")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("not a CNAME"));
+    assert!(find(&good, "kerberos-kdc")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("UDP and TCP"));
+    assert!(
+        find(&good, "kerberos-clock")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("0s"),
+        "{good:#?}"
+    );
+    let account = find(&good, "kerberos-account");
+    assert!(
+        account["detail"]
+            .as_str()
+            .unwrap()
+            .contains("aes256-cts-hmac-sha1-96"),
+        "{account}"
+    );
+    let ticket = good
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "kerberos")
+        .unwrap()
+        .1
+        .clone();
+    assert!(
+        ticket["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the Negotiate token is"),
+        "{ticket}"
+    );
+
+    // A clock ten minutes ahead.
+    let skewed = doctor(
+        "clock",
+        PARENT,
+        &password,
+        &kdc.strict_clock_conf(),
+        Some("+10m"),
+    );
+    let clock = find(&skewed, "kerberos-clock");
+    assert_eq!(clock["ok"], false, "{clock}");
+    assert!(
+        clock["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of the KDC's"),
+        "{clock}"
+    );
+    assert!(
+        clock["hint"].as_str().unwrap().contains("chrony"),
+        "{clock}"
+    );
+
+    // A keytab whose key the account no longer has.
+    kdc.rotate_key(keytab_user);
+    let stale = doctor(
+        "stale",
+        PARENT,
+        &format!(
+            "auth = \"negotiate\"\nuser = \"{keytab_user}@{REALM}\"\nkeytab_file = \"{}\"\n",
+            keytab.display()
+        ),
+        &kdc.krb5_conf,
+        None,
+    );
+    assert!(
+        find(&stale, "kerberos-account")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kvno 2"),
+        "{stale:#?}"
+    );
+    let credentials = stale
+        .iter()
+        .find(|(n, c)| n == "kerberos" && c["ok"] == false)
+        .map(|(_, c)| c.clone())
+        .unwrap_or_else(|| panic!("{stale:#?}"));
+    assert!(
+        credentials["detail"].as_str().unwrap().contains("kvno 2"),
+        "{credentials}"
+    );
+
+    // A parent whose name has no SPN at the KDC.
+    let nospn = doctor("nospn", "nospn.test", &password, &kdc.krb5_conf, None);
+    let ticket = nospn
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "kerberos")
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(ticket["ok"], false, "{nospn:#?}");
+    assert!(
+        ticket["target"].as_str().unwrap().contains("nospn.test"),
+        "{ticket}"
+    );
+    assert!(ticket["hint"].as_str().unwrap().contains("SPN"), "{ticket}");
+
+    // A KDC that does not answer.
+    let silent = doctor("silent", PARENT, &password, &kdc.unreachable_conf(), None);
+    let kdc_check = find(&silent, "kerberos-kdc");
+    assert_eq!(kdc_check["ok"], false, "{kdc_check}");
+    assert!(
+        kdc_check["detail"].as_str().unwrap().contains("udp"),
+        "{kdc_check}"
+    );
+    assert!(
+        kdc_check["detail"].as_str().unwrap().contains("tcp"),
+        "{kdc_check}"
+    );
+
+    // A parent given by a CNAME, with MIT's default canonicalisation, then without it.
+    let cname = doctor("cname", "alias.test", &password, &canonicalising, None);
+    let spn = find(&cname, "kerberos-spn");
+    assert_eq!(spn["ok"], false, "{spn}");
+    assert!(
+        spn["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("CNAME for {PARENT}")),
+        "{spn}"
+    );
+    assert!(
+        spn["hint"]
+            .as_str()
+            .unwrap()
+            .contains("dns_canonicalize_hostname = false"),
+        "{spn}"
+    );
+    let kept = doctor("cname-kept", "alias.test", &password, &kdc.krb5_conf, None);
+    assert_eq!(find(&kept, "kerberos-spn")["ok"], true, "{kept:#?}");
+}
