@@ -15,6 +15,8 @@ const WORDS = {
     no_reloads: "No reload since start.",
     forwarders: "Audit forwarding", collector: "Collector", format: "Format", waiting: "Waiting",
     oldest: "Oldest waiting", delivered: "Delivered", not_forwarded: "Not forwarded (spool full)",
+    failed_hour: "Failed (1 h)", parent_failures: "Recent failures",
+    failures: "Last failures (allowed, but not through)", why: "Why", no_failures: "No failure since start.",
     last_error: "Last error", no_forwarders: "The audit is not forwarded: it stays on this host.",
     connected: "connected", disconnected: "disconnected", datagrams: "datagrams", ago: "ago",
     summary: (s) => `${s.version} (${s.commit}) · up ${s.uptime} · ${s.connections} client connections · ${s.tunnels} open tunnels`,
@@ -36,6 +38,8 @@ const WORDS = {
     no_reloads: "Aucun rechargement depuis le démarrage.",
     forwarders: "Transmission du journal d'audit", collector: "Collecteur", format: "Format", waiting: "En attente",
     oldest: "Plus ancien en attente", delivered: "Transmis", not_forwarded: "Non transmis (file pleine)",
+    failed_hour: "En échec (1 h)", parent_failures: "Échecs récents",
+    failures: "Derniers échecs (autorisées, mais pas abouties)", why: "Pourquoi", no_failures: "Aucun échec depuis le démarrage.",
     last_error: "Dernière erreur", no_forwarders: "Le journal d'audit n'est pas transmis : il reste sur cette machine.",
     connected: "connecté", disconnected: "déconnecté", datagrams: "datagrammes", ago: "il y a",
     summary: (s) => `${s.version} (${s.commit}) · en service depuis ${s.uptime} · ${s.connections} connexions de postes · ${s.tunnels} tunnels ouverts`,
@@ -117,6 +121,7 @@ function render(s) {
     cell(tr, f.flow);
     cell(tr, f.last_hour.allowed, "num");
     cell(tr, f.last_hour.refused, "num");
+    cell(tr, f.last_hour.failed, f.last_hour.failed ? "num warn" : "num");
     cell(tr, bytes(f.last_hour.bytes_up + f.last_hour.bytes_down), "num");
     cell(tr, f.since_start.allowed, "num");
     cell(tr, f.since_start.refused, "num");
@@ -128,7 +133,16 @@ function render(s) {
     cell(tr, p.scheme || w.none);
     cell(tr, p.last_handshake || "—");
     cell(tr, p.backoff_seconds ? `${p.backoff_seconds} s` : "—");
+    cell(tr, p.failures ? `${p.failures} (${p.last_failure.reason})` : "0", p.failures ? "warn" : "");
   }, "no_parents");
+  fill("failures", s.failures, (tr, f) => {
+    cell(tr, f.ts.replace("T", " ").replace("Z", ""));
+    cell(tr, f.client);
+    cell(tr, f.target);
+    cell(tr, f.flow);
+    cell(tr, `${lang === "fr" ? f.words_fr : f.words_en} (${f.reason})`);
+    cell(tr, f.id);
+  }, "no_failures");
   fill("forwarders", s.forwarders, (tr, f) => {
     cell(tr, f.name);
     cell(tr, f.format);

@@ -123,6 +123,18 @@ async fn answer(
             "client not in admin.allow\n".into(),
         ));
     }
+    // A workstation pointed at the admin port by mistake: say where the proxy is.
+    if req.method() == Method::CONNECT || req.uri().authority().is_some() {
+        let proxies: Vec<String> = shared.proxy_addrs.iter().map(ToString::to_string).collect();
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            format!(
+                "this is Passerelle's admin listener (status page, metrics, reload), not the proxy: set the proxy to {}\n",
+                proxies.join(" or ")
+            ),
+        ));
+    }
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
@@ -176,12 +188,34 @@ async fn answer(
             )
         }
         (&Method::POST, "/reload") => {
-            let _ = shared.reload.send(client);
-            text(
-                StatusCode::ACCEPTED,
-                "text/plain",
-                "reload requested; the audit log records the outcome\n".into(),
-            )
+            let (answer, outcome) = tokio::sync::oneshot::channel();
+            let asked = shared
+                .reload
+                .send(crate::runtime::ReloadRequest { by: client, answer });
+            let outcome = match asked {
+                Ok(()) => tokio::time::timeout(RELOAD_WAIT, outcome)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(_) => None,
+            };
+            match outcome {
+                Some(Ok(digest)) => text(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("reloaded: the configuration's digest is now {digest}\n"),
+                ),
+                Some(Err(problems)) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "text/plain",
+                    format!("reload refused, the running configuration stays:\n{problems}\n"),
+                ),
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "the reload was not decided (the gateway is stopping, or runs in a process that does not reload): see the log\n".into(),
+                ),
+            }
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -191,6 +225,10 @@ async fn answer(
     };
     Ok(response)
 }
+
+/// How long `POST /reload` waits for the reload to be decided (loading and checking the
+/// configuration, its parents' names).
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 const STATUS_HTML: &str = include_str!("../assets/status.html");
 const STATUS_JS: &str = include_str!("../assets/status.js");
@@ -240,6 +278,9 @@ fn status_json(shared: &Shared) -> String {
                 "scheme": p.scheme(),
                 "last_handshake": p.last_handshake().map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                 "backoff_seconds": p.state.health.backoff_left().map(|d| d.as_secs()),
+                // Its recent failures (of the last 100 the page keeps), the latest first.
+                "failures": snapshot.failures.iter().filter(|f| f.route == p.url).count(),
+                "last_failure": snapshot.failures.iter().find(|f| f.route == p.url),
             })
         })
         .collect();
@@ -257,6 +298,7 @@ fn status_json(shared: &Shared) -> String {
         "flows": snapshot.flows,
         "per_minute": snapshot.per_minute,
         "refusals": snapshot.refusals,
+        "failures": snapshot.failures,
         "reloads": snapshot.reloads,
         "forwarders": shared.audit.forwarders(),
     });

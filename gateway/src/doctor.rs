@@ -391,6 +391,9 @@ fn tunnel_hint(e: &crate::upstream::UpstreamError) -> String {
             502..=504 => "the parent could not reach it (its own DNS or firewall): ask the proxy team".into(),
             _ => "the parent refused it: its access log says why".into(),
         },
+        UpstreamError::DestinationRefused { destination, .. } => format!(
+            "the parent accepted the gateway's account but its policy refuses {destination}: ask the proxy team to allow it"
+        ),
         UpstreamError::Unreachable { .. } | UpstreamError::Silent { .. } => {
             "the parent cannot be reached: check its address and the jump host's firewall".into()
         }
@@ -855,6 +858,24 @@ async fn parent_probe(parent: &Parent, flow: Option<&Arc<Flow>>, runtime: &Runti
             "parent",
             url,
             format!("reachable, credentials accepted (CONNECT {target})"),
+        ),
+        // The parent's policy refused this destination: the parent is there (and, when it
+        // asked, accepted the account); the destination's own line says so, and every flow is
+        // checked.
+        Err(
+            e @ (crate::upstream::UpstreamError::Refused { .. }
+            | crate::upstream::UpstreamError::DestinationRefused { .. }),
+        ) => Check::pass(
+            "parent",
+            url,
+            format!(
+                "reachable{}; its policy refused the probe (CONNECT {target}): see that flow's line ({e})",
+                if parent.state.handshakes.iter().any(|h| h.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+                    ", credentials accepted"
+                } else {
+                    ""
+                }
+            ),
         ),
         Err(e) => {
             use crate::record::Reason;

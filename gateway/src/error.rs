@@ -130,6 +130,24 @@ impl GatewayError {
         let (body, content_type) = page.render(std::time::SystemTime::now());
         let mut response = Response::new(full(Bytes::from(body)));
         *response.status_mut() = status;
+        // Clients that drop a CONNECT's page still print the status line: it says why.
+        let phrase = if page.refused {
+            format!(
+                "Refused by Passerelle: {}, id {}",
+                page.reason.as_str(),
+                page.reader.id
+            )
+        } else {
+            format!(
+                "{} (Passerelle: {}, id {})",
+                status.canonical_reason().unwrap_or("Error"),
+                page.reason.as_str(),
+                page.reader.id
+            )
+        };
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase.into_bytes()) {
+            response.extensions_mut().insert(phrase);
+        }
         let headers = response.headers_mut();
         if page.reader.html {
             headers.insert(

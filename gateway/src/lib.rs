@@ -123,7 +123,7 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     accept_tasks: Vec<JoinHandle<()>>,
     writer: AuditWriter,
-    reloads: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<SocketAddr>>,
+    reloads: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<runtime::ReloadRequest>>,
 }
 
 impl Gateway {
@@ -187,6 +187,7 @@ impl Gateway {
             stop: CancellationToken::new(),
             reload: reload_tx,
             started: std::time::Instant::now(),
+            proxy_addrs: bound.clone(),
         });
         let closing = CancellationToken::new();
         let proxy_addrs = bound;
@@ -258,10 +259,11 @@ impl Gateway {
         self.admin_addr
     }
 
-    /// Resolves when the admin endpoint asks for a reload (`POST /reload`), with who asked.
-    pub async fn reload_requested(&self) -> SocketAddr {
+    /// Resolves when the admin endpoint asks for a reload (`POST /reload`), with who asked;
+    /// give the request [`Gateway::reload`]'s outcome, which the admin client waits for.
+    pub async fn reload_requested(&self) -> runtime::ReloadRequest {
         match self.reloads.lock().await.recv().await {
-            Some(by) => by,
+            Some(request) => request,
             None => std::future::pending().await,
         }
     }
@@ -279,7 +281,7 @@ impl Gateway {
         &self,
         loaded: Result<Config, ConfigError>,
         by: &str,
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let before = self.digest();
         let current = self.shared.runtime.load_full();
         let loaded = match loaded {
@@ -318,7 +320,7 @@ impl Gateway {
                 self.shared.origins.clear();
                 self.shared.audit.reload(None, &before, Some(&after), by);
                 tracing::info!(digest = %after, "reload.accepted");
-                Ok(())
+                Ok(after)
             }
             Err(problems) => {
                 self.shared

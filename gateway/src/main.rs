@@ -351,9 +351,10 @@ async fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
                 tracing::info!("reopening the audit file (SIGUSR1)");
                 gateway.reopen_audit();
             }
-            by = gateway.reload_requested() => {
-                tracing::info!(%by, "reload requested (admin endpoint)");
-                let _ = gateway.reload(load(path), &by.to_string()).await;
+            request = gateway.reload_requested() => {
+                tracing::info!(by = %request.by, "reload requested (admin endpoint)");
+                let outcome = gateway.reload(load(path), &request.by.to_string()).await;
+                let _ = request.answer.send(outcome);
             }
         }
     }

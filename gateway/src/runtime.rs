@@ -73,7 +73,17 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown's grace period is over: tunnels end, records are written.
     pub stop: CancellationToken,
-    /// The admin endpoint's `POST /reload`, with the client that asked.
-    pub reload: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
+    /// The admin endpoint's `POST /reload`, with the client that asked and where the outcome
+    /// goes.
+    pub reload: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
     pub started: std::time::Instant,
+    /// The proxy listeners' addresses, as bound.
+    pub proxy_addrs: Vec<SocketAddr>,
+}
+
+/// A reload asked for through the admin endpoint: who asked, and the answer they wait for
+/// (the new configuration's digest, or every problem that kept the old one).
+pub struct ReloadRequest {
+    pub by: SocketAddr,
+    pub answer: tokio::sync::oneshot::Sender<Result<String, String>>,
 }

@@ -1,7 +1,7 @@
-//! What the status page shows, kept as the audit records are emitted: per flow, allowed and
-//! refused counts and bytes over the last hour (per minute) and since start; the last 100
-//! refusals; the reloads; open tunnels per flow. Bounded: 60 minutes, 100 refusals, 20 reloads,
-//! flows from the configuration.
+//! What the status page shows, kept as the audit records are emitted: per flow, allowed,
+//! refused and failed counts and bytes over the last hour (per minute) and since start; the
+//! last 100 refusals and the last 100 failures of allowed requests; the reloads; open tunnels
+//! per flow. Bounded: 60 minutes, 100 of each, 20 reloads, flows from the configuration.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::record::{AuditEvent, Decision, EventKind};
+use crate::record::{AuditEvent, Decision, EventKind, Lang, Reason};
 
 const MINUTES: usize = 60;
 const REFUSALS: usize = 100;
@@ -28,6 +28,7 @@ struct Inner {
     /// (minute since the epoch, per flow).
     minutes: VecDeque<(u64, BTreeMap<String, Counts>)>,
     refusals: VecDeque<Refusal>,
+    failures: VecDeque<Failure>,
     reloads: VecDeque<ReloadEntry>,
     tunnels: BTreeMap<String, i64>,
 }
@@ -36,6 +37,8 @@ struct Inner {
 pub struct Counts {
     pub allowed: u64,
     pub refused: u64,
+    /// Allowed, then failed on the way (DNS, connect, TLS, the parent, a timeout).
+    pub failed: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
 }
@@ -47,6 +50,9 @@ impl Counts {
         } else {
             self.allowed += 1;
         }
+        if failed(e) {
+            self.failed += 1;
+        }
         self.bytes_up += e.bytes_up;
         self.bytes_down += e.bytes_down;
     }
@@ -54,6 +60,7 @@ impl Counts {
     fn merge(&mut self, other: &Counts) {
         self.allowed += other.allowed;
         self.refused += other.refused;
+        self.failed += other.failed;
         self.bytes_up += other.bytes_up;
         self.bytes_down += other.bytes_down;
     }
@@ -66,6 +73,33 @@ pub struct Refusal {
     pub target: String,
     pub reason: String,
     pub id: String,
+}
+
+/// A failure of an allowed request, as the page lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub ts: String,
+    pub client: String,
+    pub target: String,
+    pub flow: String,
+    /// `direct`, or the parent.
+    pub route: String,
+    pub reason: String,
+    /// The reason in words, for the page's two languages.
+    pub words_fr: &'static str,
+    pub words_en: &'static str,
+    pub id: String,
+}
+
+/// An allowed request that did not get through: a reason other than the client's own ending.
+fn failed(e: &AuditEvent) -> bool {
+    e.decision == Some(Decision::Allow)
+        && e.reason.is_some_and(|r| {
+            !matches!(
+                r,
+                Reason::Aborted | Reason::ClientGone | Reason::IdleTimeout | Reason::Shutdown
+            )
+        })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +117,7 @@ pub struct Snapshot {
     /// The last hour, oldest first: (minute, allowed, refused) with the minute as RFC 3339.
     pub per_minute: Vec<(String, u64, u64)>,
     pub refusals: Vec<Refusal>,
+    pub failures: Vec<Failure>,
     pub reloads: Vec<ReloadEntry>,
 }
 
@@ -145,6 +180,26 @@ impl Status {
             if per_flow.len() < FLOWS || per_flow.contains_key(&flow) {
                 per_flow.entry(flow).or_default().add(e);
             }
+        }
+        if failed(e) {
+            if inner.failures.len() == REFUSALS {
+                inner.failures.pop_front();
+            }
+            let reason = e.reason.unwrap_or(Reason::Other);
+            inner.failures.push_back(Failure {
+                ts: e.ts.clone(),
+                client: e.client.clone().unwrap_or_default(),
+                target: match (&e.host, e.port) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    _ => "-".to_string(),
+                },
+                flow: e.flow.clone().unwrap_or_default(),
+                route: e.route.clone().unwrap_or_default(),
+                reason: reason.as_str().to_string(),
+                words_fr: reason.words(Lang::Fr),
+                words_en: reason.words(Lang::En),
+                id: e.id.clone(),
+            });
         }
         if e.decision == Some(Decision::Deny) {
             if inner.refusals.len() == REFUSALS {
@@ -220,6 +275,7 @@ impl Status {
             flows,
             per_minute,
             refusals: inner.refusals.iter().rev().cloned().collect(),
+            failures: inner.failures.iter().rev().cloned().collect(),
             reloads: inner.reloads.iter().rev().cloned().collect(),
         }
     }

@@ -53,6 +53,23 @@ pub async fn load_with_pac(page: &str, pac_url: &str, resolver_rules: &str, net_
     assert!(status.success(), "chromium failed: {status}");
 }
 
+/// Loads `url` through the HTTP proxy `proxy` (`http://127.0.0.1:3128`): the page Chromium
+/// shows, its own error page when the proxy refused.
+pub async fn load_through(url: &str, proxy: &str) -> Rendered {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = chromium_with(profile.path(), "en", false)
+        .arg(format!("--proxy-server={proxy}"))
+        .args(["--enable-logging=stderr", "--v=0", "--dump-dom", url])
+        .output()
+        .await
+        .expect("chromium runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Rendered {
+        dom: String::from_utf8_lossy(&out.stdout).into_owned(),
+        console: stderr.lines().map(str::to_string).collect(),
+    }
+}
+
 /// Saves a PNG of `url` at 1280×900 to `png`.
 pub async fn screenshot(url: &str, lang: &str, png: &Path) {
     let profile = tempfile::tempdir().expect("profile dir");

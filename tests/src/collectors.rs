@@ -220,8 +220,11 @@ impl Rsyslog {
         }
         for (input, port) in &self.ports {
             let name = input.name();
+            // A disk queue in front of the ruleset: what rsyslog acknowledged over RELP is on
+            // disk, so a collector killed (SIGKILL) loses none of it.
             conf.push_str(&format!(
-                "ruleset(name=\"{name}\") {{\n  \
+                "ruleset(name=\"{name}\" queue.type=\"Disk\" queue.filename=\"{name}-in\" \
+                   queue.checkpointInterval=\"1\" queue.syncQueueFiles=\"on\") {{\n  \
                    action(type=\"omfile\" file=\"{d}/{name}.received.log\" template=\"RSYSLOG_SyslogProtocol23Format\")\n  \
                    action(type=\"mmpstrucdata\")\n  \
                    action(type=\"mmjsonparse\" cookie=\"\")\n  \

@@ -206,6 +206,21 @@ impl Squid {
     /// accepting the credentials: `http_access deny <denied> authed`, an access line ending with
     /// an authentication ACL, as sites write them.
     pub async fn denying(auth: SquidAuth<'_>, hosts: &[&str], denied: &[&str]) -> Squid {
+        Squid::refusing(auth, hosts, denied, true).await
+    }
+
+    /// Squid refusing the destinations `denied` with a 403 before any authentication
+    /// (`http_access deny <denied>`, the other way sites write it).
+    pub async fn forbidding(auth: SquidAuth<'_>, hosts: &[&str], denied: &[&str]) -> Squid {
+        Squid::refusing(auth, hosts, denied, false).await
+    }
+
+    async fn refusing(
+        auth: SquidAuth<'_>,
+        hosts: &[&str],
+        denied: &[&str],
+        after_authentication: bool,
+    ) -> Squid {
         let squid = ["/usr/sbin/squid", "/usr/bin/squid"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -278,8 +293,9 @@ impl Squid {
                     String::new()
                 } else {
                     format!(
-                        "acl denied_dst dstdomain {}\nhttp_access deny denied_dst authed\n",
-                        denied.join(" ")
+                        "acl denied_dst dstdomain {}\nhttp_access deny denied_dst{}\n",
+                        denied.join(" "),
+                        if after_authentication { " authed" } else { "" }
                     )
                 },
             );

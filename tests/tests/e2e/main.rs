@@ -3,6 +3,7 @@
 
 mod audit_forward;
 mod cli;
+mod clients;
 mod core;
 mod credentials;
 mod durability;

@@ -72,6 +72,20 @@ async fn metrics_health_and_flows() {
     );
 
     assert_eq!(curl(&[&format!("{admin}/healthz")]).await.body, "ok\n");
+    // The admin port given as the proxy by mistake: it says where the proxy is.
+    for url in ["http://site.test/x", "https://site.test/"] {
+        let wrong = curl(&["-x", &admin, "-D", "-", url]).await;
+        let shown = format!("{}{}", wrong.heads, wrong.body);
+        assert!(shown.contains("400"), "{url}: {wrong:?}");
+        if url.starts_with("http:") {
+            assert!(
+                wrong.body.contains("not the proxy: set the proxy to"),
+                "{}",
+                wrong.body
+            );
+            assert!(wrong.body.contains(&gw.addr.to_string()), "{}", wrong.body);
+        }
+    }
     assert_eq!(curl(&[&format!("{admin}/readyz")]).await.status, 200);
     let flows: serde_json::Value =
         serde_json::from_str(&curl(&[&format!("{admin}/flows")]).await.body).unwrap();
@@ -89,18 +103,31 @@ async fn metrics_health_and_flows() {
 
     let unconfirmed = curl(&["-X", "POST", &format!("{admin}/reload")]).await;
     assert_eq!(unconfirmed.status, 403, "{unconfirmed:?}");
-    let reload = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "X-Passerelle-Reload: 1",
-        &format!("{admin}/reload"),
-    ])
-    .await;
-    assert_eq!(reload.status, 202);
-    tokio::time::timeout(Duration::from_secs(5), gw.gateway().reload_requested())
+    // The endpoint answers once the reload is decided, with its outcome.
+    let url = format!("{admin}/reload");
+    let asked =
+        tokio::spawn(
+            async move { curl(&["-X", "POST", "-H", "X-Passerelle-Reload: 1", &url]).await },
+        );
+    let request = tokio::time::timeout(Duration::from_secs(5), gw.gateway().reload_requested())
         .await
         .expect("reload requested");
+    assert!(request.by.ip().is_loopback());
+    let _ = request
+        .answer
+        .send(Err("flows[0].ports[0]: 70000 is not a port".into()));
+    let refused = asked.await.unwrap();
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert!(
+        refused.body.contains("the running configuration stays"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("70000 is not a port"),
+        "{}",
+        refused.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1138,9 +1165,17 @@ fn chains_computed_elsewhere_verify() {
 async fn the_status_page_in_chromium() {
     let origin = HttpOrigin::start().await;
     let dir = tempfile::tempdir().unwrap();
+    // A second flow whose server is down: allowed, then failed.
+    let closed = passerelle_tests::harness::free_port();
+    let config = format!(
+        "[[flows]]\nid = \"site\"\nhosts = [\"site.test\"]\nports = [80]\n\
+         [[flows]]\nid = \"down\"\nhosts = [\"down.test\"]\nports = [80]\n\
+         [resolve]\nconnect_to = [\"site.test:80={}\", \"down.test:80=127.0.0.1:{closed}\"]\n",
+        origin.addr
+    );
     let gw = Running::with_env(
         dir.path(),
-        &site(&origin),
+        &config,
         &[("PASSERELLE__LISTEN__ADMIN", "127.0.0.1:0")],
     )
     .start()
@@ -1158,6 +1193,9 @@ async fn the_status_page_in_chromium() {
             .status,
         403
     );
+    let failed = curl(&["-x", &gw.proxy(), "http://down.test/"]).await;
+    assert_eq!(failed.status, 502);
+    let failed_id = failed.request_id().unwrap();
     let reload = curl(&[
         "-X",
         "POST",
@@ -1166,7 +1204,42 @@ async fn the_status_page_in_chromium() {
         &format!("{admin}/reload"),
     ])
     .await;
-    assert_eq!(reload.status, 202);
+    // Answered once decided: the new digest, or every problem with the old configuration kept.
+    assert_eq!(reload.status, 200, "{reload:?}");
+    assert!(
+        reload
+            .body
+            .starts_with("reloaded: the configuration's digest is now "),
+        "{}",
+        reload.body
+    );
+    let file = dir.path().join("passerelle.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{good}\n[limits]\nconnect_timeout = \"soon\"\n"),
+    )
+    .unwrap();
+    let refused = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "X-Passerelle-Reload: 1",
+        &format!("{admin}/reload"),
+    ])
+    .await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert!(
+        refused.body.contains("limits.connect_timeout"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("the running configuration stays"),
+        "{}",
+        refused.body
+    );
+    std::fs::write(&file, good).unwrap();
     // The reload is recorded once it ran: wait for it in the data the page draws.
     wait_until(Duration::from_secs(10), || async {
         let status: serde_json::Value =
@@ -1197,6 +1270,19 @@ async fn the_status_page_in_chromium() {
         "{refusals}"
     );
     assert!(row("reloads").contains("accepted"));
+    // The failure of an allowed request: its own list, its flow's count.
+    let failures = row("failures");
+    assert!(
+        failures.contains("down.test:80")
+            && failures.contains("<td>down</td>")
+            && failures.contains("connect_failed")
+            && failures.contains(&failed_id),
+        "{failures}"
+    );
+    assert!(
+        flows.contains("<td>down</td><td class=\"num\">1</td><td class=\"num\">0</td><td class=\"num warn\">1</td>"),
+        "{flows}"
+    );
     assert!(page.dom.contains("<rect") && page.dom.contains("class=\"refused\""));
     assert!(page.dom.contains("Last refusals"));
     assert!(row("parents").contains("No parent proxy configured"));
@@ -1205,6 +1291,7 @@ async fn the_status_page_in_chromium() {
     assert!(french.console.is_empty(), "console: {:#?}", french.console);
     assert!(french.dom.contains("<html lang=\"fr\"") && french.dom.contains("Derniers refus"));
     assert!(french.dom.contains("acceptée"));
+    assert!(french.dom.contains("Derniers échecs"), "{}", french.dom);
 
     let png = dir.path().join("status.png");
     browser::screenshot(&format!("{admin}/"), "en-US", &png).await;
@@ -1306,4 +1393,58 @@ async fn the_capacity_view_follows_the_visios_and_the_throughput() {
         "1 MiB within 10 s is at least 0.8 Mbit/s: {shown}"
     );
     wait_metric(&admin, series, 0.0).await;
+}
+
+/// Squid's ACL denies the destination doctor probes the parent with (a plain `deny`, so a
+/// 403): doctor checks every flow all the same, the parent passes as reachable, the refused
+/// destination's line names the parent's policy, and the other flow goes through it with the
+/// gateway's account. (A 407 for a destination before the account was ever accepted cannot be
+/// told from a wrong password: that one is the credentials' failure, as it must be.)
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_every_flow_when_the_parent_refuses_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsOrigin::start(&["denied.test", "open.test"], dir.path()).await;
+    let squid = passerelle_tests::peers::Squid::forbidding(
+        passerelle_tests::peers::SquidAuth::Basic(&[("svc", "Pa55")]),
+        &["denied.test", "open.test"],
+        &["denied.test"],
+    )
+    .await;
+    let port = tls.addr.port();
+    let config = format!(
+        "profile = \"none\"\n[routing]\ndefault = \"upstream\"\n\
+         [[flows]]\nid = \"denied\"\nhosts = [\"denied.test\"]\nports = [{port}]\ntls_ports = [{port}]\n\
+         [[flows]]\nid = \"open\"\nhosts = [\"open.test\"]\nports = [{port}]\ntls_ports = [{port}]\n\
+         [[upstream]]\nurl = \"{}\"\nauth = \"basic\"\nuser = \"svc\"\npassword_env = \"PW\"\n",
+        squid.url()
+    );
+    let (code, checks, stderr) = doctor(dir.path(), &config, &tls.ca_pem, &[("PW", "Pa55")]);
+    assert_eq!(code, 1, "{stderr}\n{checks:#}");
+    let all = checks.as_array().unwrap();
+    let parent = all.iter().find(|c| c["check"] == "parent").unwrap();
+    assert_eq!(parent["ok"], true, "{parent:#}");
+    assert!(
+        parent["detail"]
+            .as_str()
+            .unwrap()
+            .contains("its policy refused the probe"),
+        "{parent:#}"
+    );
+    let line = |check: &str, host: &str| {
+        all.iter()
+            .find(|c| c["check"] == check && c["target"].as_str().unwrap().starts_with(host))
+            .unwrap_or_else(|| panic!("no {check} line for {host}: {checks:#}"))
+    };
+    let denied = line("tcp", "denied.test");
+    assert_eq!(denied["ok"], false, "{denied:#}");
+    assert!(
+        denied["hint"]
+            .as_str()
+            .unwrap()
+            .contains("policy refuses denied.test"),
+        "{denied:#}"
+    );
+    assert_eq!(line("tcp", "open.test")["ok"], true, "{checks:#}");
+    assert_eq!(line("tls", "open.test")["ok"], true, "{checks:#}");
+    assert!(all.iter().all(|c| c["state"] != "skipped"), "{checks:#}");
 }
