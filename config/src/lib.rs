@@ -547,19 +547,116 @@ fn load_text(
         Err(e) => {
             problems.push(Problem {
                 path: key_path(&e.path().to_string()),
-                message: e.inner().to_string(),
+                message: serde_words(&e.inner().to_string()),
             });
             return Err(ConfigError::Invalid(problems));
         }
     };
+    // The loader converts "443" into 443 and 1.5 into 2 for us: what the file says must have
+    // the type it means.
+    if let (Some(text), Ok(read)) = (text, toml::Value::try_from(&raw)) {
+        if let Ok(written) = toml::from_str::<toml::Table>(text) {
+            mistyped("", &toml::Value::Table(written), &read, &mut problems);
+        }
+    }
     let digest = hex::encode(digest.finalize());
     match validate::compile(raw, env, path.map(Path::to_path_buf), digest, options) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigError::Invalid(problems)),
         Err(more) => {
-            problems.extend(more);
+            // A value of the wrong type is said once, as that.
+            let said: std::collections::HashSet<String> =
+                problems.iter().map(|p| p.path.clone()).collect();
+            problems.extend(more.into_iter().filter(|p| !said.contains(&p.path)));
             Err(ConfigError::Invalid(problems))
         }
+    }
+}
+
+/// A serde message in the configuration's words: no Rust type names, no key repeated.
+fn serde_words(message: &str) -> String {
+    let mut out = message.to_string();
+    if let Some(at) = out.find(" for key `") {
+        out.truncate(at);
+    }
+    let mut words = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("struct Raw") {
+        words.push_str(&rest[..at]);
+        words.push_str("a table");
+        rest =
+            rest[at + "struct Raw".len()..].trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+    }
+    words.push_str(rest);
+    words
+        .replace("i64", "an integer")
+        .replace("u64", "an integer")
+        .replace("sequence", "a list")
+        .replace("type: map", "type: a table")
+        .replace("a a list", "a list")
+}
+
+/// What a value is, in the words a configuration's reader uses.
+fn kind(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "a whole number",
+        toml::Value::Float(_) => "a number with a fraction",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Each value of the file whose type is not the one the configuration read there.
+fn mistyped(path: &str, written: &toml::Value, read: &toml::Value, problems: &mut Vec<Problem>) {
+    use toml::Value::*;
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (written, read) {
+        (Table(w), Table(r)) => {
+            for (key, value) in w {
+                if let Some(read) = r.get(key) {
+                    mistyped(&at(key), value, read, problems);
+                }
+            }
+        }
+        (Array(w), Array(r)) => {
+            for (i, (value, read)) in w.iter().zip(r).enumerate() {
+                mistyped(&format!("{path}[{i}]"), value, read, problems);
+            }
+        }
+        // A list key written as one value.
+        (w, Array(r)) if !matches!(w, Array(_) | Table(_)) => {
+            if let Some(first) = r.first() {
+                mistyped(path, w, first, problems);
+            }
+        }
+        (Integer(_), Integer(_))
+        | (Float(_), Float(_))
+        | (Integer(_), Float(_))
+        | (String(_), String(_))
+        | (Boolean(_), Boolean(_))
+        | (Datetime(_), Datetime(_)) => {}
+        (w, r) => problems.push(Problem {
+            path: path.to_string(),
+            message: format!(
+                "{w} is {}, where {} is expected{}",
+                kind(w),
+                kind(r),
+                match (w, r) {
+                    (String(s), Integer(_)) => format!(" (write {s} without quotes)"),
+                    (Integer(n), String(_)) => format!(" (write \"{n}\" if you mean it)"),
+                    _ => std::string::String::new(),
+                }
+            ),
+        }),
     }
 }
 

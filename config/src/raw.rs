@@ -1,7 +1,7 @@
 //! The configuration as written: serde types mirroring the TOML, lenient in their value
 //! types so that validation can report every problem with its key path.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A list key written as one value (`proxy = "0.0.0.0:3128"`) or as a list.
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -25,6 +25,13 @@ fn one_or_many_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>
 #[derive(Debug)]
 pub struct Refused;
 
+/// Serialized only to compare the types written with the types read: never its value.
+impl Serialize for Refused {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("")
+    }
+}
+
 impl<'de> Deserialize<'de> for Refused {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Refused, D::Error> {
         let _ = zeroize::Zeroizing::new(String::deserialize(d)?);
@@ -32,7 +39,7 @@ impl<'de> Deserialize<'de> for Refused {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawConfig {
     pub profile: String,
     #[serde(deserialize_with = "one_or_many")]
@@ -56,12 +63,12 @@ pub struct RawConfig {
     pub site: RawSite,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawUdp {
     pub audit: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawQos {
     /// Flow id → DSCP, over the flows' own `dscp` (`"none"` removes a mark).
     #[serde(default)]
@@ -69,32 +76,32 @@ pub struct RawQos {
 }
 
 /// A DSCP as written: a class name (`"AF41"`) or a number.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum RawDscp {
     Number(i64),
     Name(String),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawSite {
     pub uplink_mbit: Option<i64>,
     pub workstations: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawPages {
     pub contact: String,
     pub language: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawAdmin {
     #[serde(deserialize_with = "one_or_many")]
     pub allow: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawListen {
     #[serde(deserialize_with = "one_or_many")]
     pub proxy: Vec<String>,
@@ -104,20 +111,20 @@ pub struct RawListen {
     pub proxy_protocol_from: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawPac {
     pub proxy: String,
     #[serde(deserialize_with = "one_or_many")]
     pub direct: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct RawClients {
     #[serde(default, deserialize_with = "one_or_many_opt")]
     pub allow: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawFlow {
     pub id: String,
     #[serde(default)]
@@ -147,12 +154,12 @@ pub struct RawFlow {
     pub source: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawProfile {
     pub flows: Vec<RawFlow>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawRouting {
     pub default: Option<String>,
     #[serde(deserialize_with = "one_or_many")]
@@ -160,7 +167,7 @@ pub struct RawRouting {
     pub bypass_covotem_server: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawUpstream {
     pub url: String,
     #[serde(default = "auth_none")]
@@ -187,13 +194,13 @@ fn auth_none() -> String {
     "none".to_string()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawResolve {
     #[serde(deserialize_with = "one_or_many")]
     pub connect_to: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawLimits {
     pub connect_timeout: String,
     pub idle_timeout: String,
@@ -209,7 +216,7 @@ pub struct RawLimits {
     pub worker_threads: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawAudit {
     pub sink: String,
     pub path: Option<String>,
@@ -223,7 +230,7 @@ pub struct RawAudit {
 }
 
 /// `[[audit.forward]]`: one destination of the audit beyond the local record.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RawForward {
     pub to: String,
     pub format: Option<String>,

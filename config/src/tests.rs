@@ -483,3 +483,50 @@ fn audit_forwarders_are_checked_key_by_key() {
         );
     }
 }
+
+#[test]
+fn a_value_of_the_wrong_type_is_said_with_every_other_problem() {
+    let p = problems(
+        r#"
+        [[flows]]
+        id = "pacs"
+        hosts = ["pacs.chu.local:104"]
+        ports = ["443"]
+        [limits]
+        burst = 1.5
+        [clients]
+        allow = ["fe80::/129"]
+        [routing]
+        default = 5
+    "#,
+        &[],
+    );
+    for expected in [
+        "flows[0].ports[0]: \"443\" is a string, where a whole number is expected (write 443 without quotes)",
+        "limits.burst: 1.5 is a number with a fraction, where a whole number is expected",
+        "routing.default: 5 is a whole number, where a string is expected",
+        "clients.allow[0]: \"fe80::/129\" is not a CIDR (e.g. fd00:10:20::/48",
+        "flows[0].hosts[0]: \"pacs.chu.local:104\": ports go in `ports` (hosts = [\"pacs.chu.local\"], ports = [104])",
+    ] {
+        assert!(
+            p.iter().any(|x| x.starts_with(expected)),
+            "missing {expected:?} in {p:#?}"
+        );
+    }
+    // Each key once, and no Rust in the words.
+    assert_eq!(
+        p.iter()
+            .filter(|x| x.starts_with("routing.default"))
+            .count(),
+        1,
+        "{p:#?}"
+    );
+    let table = problems("[routing]\ndefault = [1]\n", &[]);
+    assert!(
+        !table
+            .iter()
+            .any(|x| x.contains("Raw") || x.contains("for key")),
+        "{table:?}"
+    );
+    assert!(table[0].contains("a list, expected a string"), "{table:?}");
+}

@@ -143,7 +143,7 @@ pub(crate) fn compile(
     if !p.0.is_empty() {
         return Err(p.0);
     }
-    let warnings = warnings(&routing);
+    let warnings = warnings(&routing, &upstreams, &flows, &listen, &admin);
     Ok(Config {
         warnings,
         policy: Policy::new(flows, clients, routing),
@@ -170,8 +170,46 @@ struct Secrets<'a> {
 }
 
 /// Valid, but probably not what was meant.
-fn warnings(routing: &Routing) -> Vec<Problem> {
+fn warnings(
+    routing: &Routing,
+    upstreams: &[Upstream],
+    flows: &[crate::Flow],
+    listen: &Listen,
+    admin: &crate::Admin,
+) -> Vec<Problem> {
     let mut w = Vec::new();
+    if !upstreams.is_empty() && routing.default == Route::Direct {
+        w.push(Problem {
+            path: "upstream".to_string(),
+            message: "no request goes through the parent: routing.default is \"direct\" (set it \
+                      to \"upstream\", or remove [[upstream]])"
+                .to_string(),
+        });
+    }
+    for flow in flows.iter().filter(|f| f.enabled) {
+        for ip in flow.ips.iter().filter(|ip| crate::host::is_internal(**ip)) {
+            w.push(Problem {
+                path: format!("flows.{}", flow.id),
+                message: format!(
+                    "{ip} is an address of a private or local network: Covotem's servers are \
+                     public; a flow into the hospital's own network should be meant"
+                ),
+            });
+        }
+    }
+    if let Some(addr) = listen.admin {
+        let only_here =
+            !admin.allow.is_empty() && admin.allow.iter().all(|n| n.addr().is_loopback());
+        if !addr.ip().is_loopback() && only_here {
+            w.push(Problem {
+                path: "listen.admin".to_string(),
+                message: format!(
+                    "{addr} listens beyond this host, but admin.allow lets only this host in: \
+                     add the monitoring's and the security team's networks to admin.allow"
+                ),
+            });
+        }
+    }
     if routing.default == Route::Upstream && routing.bypass_covotem_server {
         w.push(Problem {
             path: "routing.bypass_covotem_server".to_string(),
@@ -269,7 +307,11 @@ fn cidrs(list: &[String], path: &str, p: &mut Problems) -> Vec<IpNet> {
             Ok(net) => nets.push(net),
             Err(_) => p.add(
                 format!("{path}[{i}]"),
-                format!("{c:?} is not a CIDR (e.g. 10.20.0.0/16)"),
+                if c.contains(':') {
+                    format!("{c:?} is not a CIDR (e.g. fd00:10:20::/48, a prefix of 128 at most)")
+                } else {
+                    format!("{c:?} is not a CIDR (e.g. 10.20.0.0/16)")
+                },
             ),
         }
     }
@@ -390,6 +432,19 @@ fn flow(
                 format!("{path}.hosts[{i}]"),
                 format!("{h:?}: a host name, without scheme or path"),
             ),
+            Err(_)
+                if h.rsplit_once(':').is_some_and(|(name, port)| {
+                    !name.contains(':')
+                        && !port.is_empty()
+                        && port.bytes().all(|b| b.is_ascii_digit())
+                }) =>
+            {
+                let (name, port) = h.rsplit_once(':').unwrap_or((h, ""));
+                p.add(
+                    format!("{path}.hosts[{i}]"),
+                    format!("{h:?}: ports go in `ports` (hosts = [\"{name}\"], ports = [{port}])"),
+                )
+            }
             Err(e) => p.add(format!("{path}.hosts[{i}]"), e.to_string()),
         }
     }

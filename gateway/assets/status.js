@@ -25,6 +25,9 @@ const WORDS = {
       (c.uplink_mbit ? ` of a ${c.uplink_mbit} Mbit/s uplink` : "") +
       (c.workstations ? ` · ${c.workstations} workstations need ${c.synchronous_mbit} Mbit/s in synchronous use` : ""),
     over: " — more than the uplink: the visio will suffer",
+    no_uplink: " (set site.uplink_mbit to compare it with the site's uplink)",
+    no_flow: "(no flow: refused)",
+    states: { up: "up", down: "down", backoff: "backing off" },
   },
   fr: {
     loading: "Chargement…", chart: "Demandes et refus par minute, dernière heure", flows: "Flux",
@@ -48,6 +51,9 @@ const WORDS = {
       (c.uplink_mbit ? ` sur un lien de ${c.uplink_mbit} Mbit/s` : "") +
       (c.workstations ? ` · ${c.workstations} postes demandent ${c.synchronous_mbit} Mbit/s en usage synchrone` : ""),
     over: " — plus que le lien : la visio en souffrira",
+    no_uplink: " (renseigner site.uplink_mbit pour comparer au lien du site)",
+    no_flow: "(aucun flux : refusées)",
+    states: { up: "disponible", down: "injoignable", backoff: "en pause" },
   },
 };
 
@@ -118,7 +124,7 @@ function render(s) {
   document.getElementById("summary").textContent = w.summary(s);
   chart(s.per_minute);
   fill("flows", s.flows, (tr, f) => {
-    cell(tr, f.flow);
+    cell(tr, f.flow === "none" ? w.no_flow : f.flow);
     cell(tr, f.last_hour.allowed, "num");
     cell(tr, f.last_hour.refused, "num");
     cell(tr, f.last_hour.failed, f.last_hour.failed ? "num warn" : "num");
@@ -129,7 +135,7 @@ function render(s) {
   });
   fill("parents", s.parents, (tr, p) => {
     cell(tr, p.url);
-    cell(tr, p.state, `state-${p.state}`);
+    cell(tr, w.states[p.state] || p.state, `state-${p.state}`);
     cell(tr, p.scheme || w.none);
     cell(tr, p.last_handshake || "—");
     cell(tr, p.backoff_seconds ? `${p.backoff_seconds} s` : "—");
@@ -172,10 +178,14 @@ function render(s) {
   if (s.capacity) {
     section.hidden = false;
     const p = document.getElementById("capacity");
-    p.textContent = w.capacity_line(s.capacity) + (s.capacity.over_uplink ? w.over : "");
+    p.textContent = w.capacity_line(s.capacity) + (s.capacity.over_uplink ? w.over : "") +
+      (s.capacity.uplink_mbit ? "" : w.no_uplink);
     p.className = s.capacity.over_uplink ? "warn" : "";
   }
   document.body.dataset.loaded = "yes";
+  // Whether the page fits its window without scrolling sideways (the layout tests read it).
+  const root = document.documentElement;
+  document.body.dataset.fits = root.scrollWidth <= root.clientWidth ? "yes" : "no";
 }
 
 async function refresh() {

@@ -19,24 +19,40 @@ const VERSION: &str = concat!(
     ")"
 );
 
-/// Passerelle: the allowlisting forward proxy for the Covotem telemedicine flows.
+/// Lets a hospital's workstations reach the Covotem telemedicine services, and nothing
+/// else: set their proxy to Passerelle; each request is let through (directly or through the
+/// hospital's proxy, which Passerelle authenticates to) or refused with its reason, and every
+/// one is in the audit log.
 #[derive(Parser)]
-#[command(name = "passerelle", version = VERSION, about, long_about = None)]
+#[command(name = "passerelle", version = VERSION)]
 struct Cli {
-    /// Configuration file (TOML). Without it: the embedded default (Covotem production
-    /// flows, 127.0.0.1:3128, direct, audit to stdout).
-    #[arg(long, short, global = true, env = "PASSERELLE_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigFile,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+/// The configuration, for the commands that read one.
+#[derive(clap::Args, Clone, Default)]
+struct ConfigFile {
+    /// Configuration file (TOML). Without it: the embedded default (the Covotem production
+    /// flows, 127.0.0.1:3128, direct, audit to stdout).
+    #[arg(long, short, env = "PASSERELLE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (the default command). SIGHUP reloads, SIGTERM/SIGINT stop gracefully.
-    Run,
+    /// Run the gateway (what `passerelle` alone does). SIGHUP reloads, SIGUSR1 reopens the
+    /// audit file, SIGTERM/SIGINT stop gracefully.
+    Run {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Validate the configuration; print the effective flows, or every problem (exit 2).
     CheckConfig {
+        #[command(flatten)]
+        config: ConfigFile,
         /// Also bind each listener and open the audit sink (and release them): what the
         /// service needs to start (the systemd unit's ExecStartPre).
         #[arg(long)]
@@ -50,6 +66,9 @@ enum Command {
     /// Render the visio's UDP routing (an nftables table for `nft -f`) or the flow matrix a
     /// network team files, from the flow table.
     Firewall {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// What to print: the nftables table, or the flow matrix as CSV or Markdown.
         #[arg(long, value_enum, default_value = "nftables")]
         format: FirewallFormat,
         /// Also the jump host's own input rules: the proxy ports for the workstations only,
@@ -62,6 +81,8 @@ enum Command {
     /// Check the prerequisites through the configured routes: parent, DNS, TCP, TLS,
     /// HTTP, clock. Exit 0 only when every check passes.
     Doctor {
+        #[command(flatten)]
+        config: ConfigFile,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -96,7 +117,8 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
-    /// The audit log's tamper evidence.
+    /// The audit log's tamper evidence: verify a chain (against a collector's anchors, with
+    /// the key), make a forward-secure key.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -112,6 +134,7 @@ enum AuditCommand {
     /// rewritten, removed or cut off after it was forwarded, and lists records never forwarded
     /// or missing at the collector.
     Verify {
+        /// Audit files (JSON lines), oldest first: the rotated ones, then the current one.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// The chain's key file (audit.key_file): a static key, or a forward-secure key at its
@@ -155,18 +178,28 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(cli.config.as_deref()),
+    // `passerelle --config F` runs, as `passerelle run --config F` does.
+    let top = cli.config.config;
+    let file = |c: ConfigFile| c.config.or_else(|| top.clone());
+    match cli.command.unwrap_or(Command::Run {
+        config: ConfigFile::default(),
+    }) {
+        Command::Run { config } => run(file(config).as_deref()),
         Command::CheckConfig {
+            config,
             preflight,
             without_secrets,
-        } => check_config(cli.config.as_deref(), preflight, without_secrets),
+        } => check_config(file(config).as_deref(), preflight, without_secrets),
         Command::PrintDefaultConfig => {
             print!("{}", passerelle_config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
-        Command::Firewall { format, input } => firewall(cli.config.as_deref(), format, input),
+        Command::Firewall {
+            config,
+            format,
+            input,
+        } => firewall(file(config).as_deref(), format, input),
         Command::Report {
             files,
             json,
@@ -202,9 +235,11 @@ fn main() -> ExitCode {
             ),
             AuditCommand::Keygen { path } => keygen(&path),
         },
-        Command::Doctor { json, ca_file } => {
-            doctor(cli.config.as_deref(), json, ca_file.as_deref())
-        }
+        Command::Doctor {
+            config,
+            json,
+            ca_file,
+        } => doctor(file(config).as_deref(), json, ca_file.as_deref()),
     }
 }
 
@@ -372,6 +407,14 @@ fn firewall(path: Option<&Path>, format: FirewallFormat, input: bool) -> ExitCod
         Err(e) => return report_problems(&e),
     };
     use passerelle_gateway::firewall;
+    let clients = config.policy.clients();
+    if matches!(format, FirewallFormat::Nftables) && clients.iter().all(|n| n.addr().is_loopback())
+    {
+        eprintln!(
+            "passerelle: warning: clients.allow names only this host ({}): the rules let no workstation's visio through; set clients.allow to the workstations' networks",
+            clients.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
     print!(
         "{}",
         match format {
@@ -401,20 +444,27 @@ fn check_config(path: Option<&Path>, preflight: bool, without_secrets: bool) -> 
             return ExitCode::FAILURE;
         }
     };
-    let mut problems = runtime.block_on(passerelle_gateway::upstream::loops_to_ourselves(
+    let problems = runtime.block_on(passerelle_gateway::upstream::loops_to_ourselves(
         &config.upstreams,
         &config.listen.proxy,
         config.limits.connect_timeout,
     ));
-    if preflight {
-        problems.extend(passerelle_gateway::preflight(&config));
-    }
     if !problems.is_empty() {
         eprintln!("passerelle: the configuration is not valid:");
         for problem in problems {
             eprintln!("  {problem}");
         }
         return ExitCode::from(2);
+    }
+    if preflight {
+        let busy = passerelle_gateway::preflight(&config);
+        if !busy.is_empty() {
+            eprintln!("passerelle: the configuration is valid, but the service cannot start with it here:");
+            for problem in busy {
+                eprintln!("  {problem}");
+            }
+            return ExitCode::from(2);
+        }
     }
     for warning in &config.warnings {
         eprintln!("passerelle: warning: {warning}");
@@ -484,13 +534,75 @@ fn check_config(path: Option<&Path>, preflight: bool, without_secrets: bool) -> 
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !config.listen.proxy_protocol_from.is_empty() {
+        let from: Vec<String> = config
+            .listen
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "PROXY protocol required from {} (their connections name the real client)",
+            from.join(", ")
+        );
+    }
+    match config.listen.admin {
+        Some(addr) => {
+            let allow: Vec<String> = config.admin.allow.iter().map(ToString::to_string).collect();
+            println!("Admin endpoint on {addr}, for {}", allow.join(", "));
+        }
+        None => println!("No admin endpoint (listen.admin)"),
+    }
     for u in &config.upstreams {
-        let account = u
-            .credentials
-            .as_ref()
-            .map(|c| c.account())
-            .unwrap_or_else(|| "-".into());
+        let mut accounts: Vec<String> = Vec::new();
+        if let Some(k) = &u.kerberos {
+            accounts.push(match &k.principal {
+                Some(p) => format!("{p} (Kerberos, SPN {})", k.spn),
+                None => format!("the credential cache's (Kerberos, SPN {})", k.spn),
+            });
+        }
+        if let Some(c) = &u.credentials {
+            if u.kerberos.is_none() || u.auth.to_string() != "negotiate" {
+                accounts.push(c.account());
+            }
+        }
+        let account = if accounts.is_empty() {
+            "none".to_string()
+        } else {
+            accounts.join(", ")
+        };
         println!("Parent {} (auth {}, account {})", u.url, u.auth, account);
+    }
+    let mut mapped: Vec<String> = config
+        .resolve
+        .connect_to
+        .iter()
+        .map(|((host, port), to)| format!("{host}:{port} -> {to}"))
+        .collect();
+    mapped.sort();
+    if !mapped.is_empty() {
+        println!(
+            "Reached at fixed addresses (resolve.connect_to): {}",
+            mapped.join(", ")
+        );
+    }
+    let sink = match &config.audit.sink {
+        passerelle_config::AuditSink::Stdout => "stdout".to_string(),
+        passerelle_config::AuditSink::File(path) => path.display().to_string(),
+        passerelle_config::AuditSink::Syslog(passerelle_config::SyslogTarget::Unix(path)) => {
+            format!("syslog unix:{}", path.display())
+        }
+        passerelle_config::AuditSink::Syslog(passerelle_config::SyslogTarget::Udp(addr)) => {
+            format!("syslog udp:{addr}")
+        }
+    };
+    let key = match &config.audit.key_file {
+        Some(path) => format!(", chain keyed by {}", path.display()),
+        None => ", chain without a key".to_string(),
+    };
+    println!("Audit to {sink} ({}{key})", config.audit.format.as_str());
+    for f in &config.audit.forward {
+        println!("Audit forwarded to {} ({})", f.name, f.format.as_str());
     }
     println!("Configuration is valid (digest {}).", &config.digest[..16]);
     ExitCode::SUCCESS
@@ -758,7 +870,12 @@ fn report(
     } else {
         print!("{}", report::render(&summary));
     }
-    ExitCode::SUCCESS
+    // A report over files whose chain does not hold says so in its exit code too.
+    if summary.verification.as_ref().is_some_and(|v| !v.intact()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn doctor(path: Option<&Path>, json: bool, ca_file: Option<&Path>) -> ExitCode {

@@ -88,6 +88,8 @@ struct Words {
     workstation: &'static str,
     contact: &'static str,
     tell: &'static str,
+    /// The same, for a failure: the destination is allowed, something on the way failed.
+    tell_failed: &'static str,
 }
 
 const FR: Words = Words {
@@ -102,6 +104,7 @@ const FR: Words = Words {
     workstation: "Poste",
     contact: "Contact",
     tell: "Si cette destination est nécessaire, transmettez l'identifiant ci-dessus au service informatique : il retrouve la décision dans le journal d'audit.",
+    tell_failed: "La destination est autorisée : si le problème persiste, transmettez l'identifiant ci-dessus au service informatique, qui retrouve dans le journal d'audit ce qui a échoué et où.",
 };
 
 const EN: Words = Words {
@@ -116,6 +119,7 @@ const EN: Words = Words {
     workstation: "Workstation",
     contact: "Contact",
     tell: "If this destination is needed, give the id above to your IT team: they find the decision in the audit log.",
+    tell_failed: "The destination is allowed: if this goes on, give the id above to your IT team, who find in the audit log what failed and where.",
 };
 
 impl Page<'_> {
@@ -138,7 +142,14 @@ impl Page<'_> {
             w.intro_failed
         };
         let why = self.reason.words(r.lang);
+        let tell = if self.refused { w.tell } else { w.tell_failed };
         if !r.html {
+            // A sentence after a full stop starts with a capital.
+            let mut sentence = why.chars();
+            let why = sentence
+                .next()
+                .map(|c| c.to_uppercase().chain(sentence).collect::<String>())
+                .unwrap_or_default();
             let mut text = format!(
                 "passerelle: {}\n{title}. {why}.\n{}: {} · {}: {time} · {}: {}\n",
                 self.detail, w.id, r.id, w.time, w.workstation, r.client
@@ -178,7 +189,7 @@ impl Page<'_> {
             w.time,
             w.workstation,
             r.client,
-            w.tell,
+            tell,
             escape(self.detail),
         );
         (body, HeaderValue::from_static("text/html; charset=utf-8"))
@@ -281,5 +292,41 @@ mod tests {
         for external in ["src=", "href=", "url(", "@import", "<script"] {
             assert!(!body.contains(external), "{external} in {body}");
         }
+    }
+
+    #[test]
+    fn a_failure_is_not_told_as_a_refusal_and_sentences_start_with_a_capital() {
+        let page = |refused: bool, reason: Reason, html: bool| {
+            Page {
+                reader: Reader {
+                    what: "CONNECT covotem.esante-centre.fr:443",
+                    id: "0a1b2c3d-8",
+                    client: "10.20.30.4".parse().unwrap(),
+                    contact: "",
+                    lang: Lang::En,
+                    html,
+                },
+                reason,
+                detail: "the detail",
+                refused,
+            }
+            .render(std::time::SystemTime::UNIX_EPOCH)
+            .0
+        };
+        let failed = page(false, Reason::DnsFailed, true);
+        assert!(failed.contains("The destination is allowed"), "{failed}");
+        assert!(
+            !failed.contains("If this destination is needed"),
+            "{failed}"
+        );
+        let refused = page(true, Reason::NoFlow, true);
+        assert!(
+            refused.contains("If this destination is needed"),
+            "{refused}"
+        );
+        let text = page(true, Reason::NoFlow, false);
+        let second = text.lines().nth(1).unwrap();
+        let after_stop = second.split(". ").nth(1).unwrap();
+        assert!(after_stop.starts_with(char::is_uppercase), "{second}");
     }
 }

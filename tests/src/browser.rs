@@ -15,8 +15,14 @@ pub struct Rendered {
 /// Loads `url` with `lang` as the browser's language; waits for the page to settle in
 /// virtual time (timers fire, fetches complete) and bounds the whole run in real time.
 pub async fn render(url: &str, lang: &str) -> Rendered {
+    render_at(url, lang, 1280).await
+}
+
+/// [`render`] in a window `width` pixels wide.
+pub async fn render_at(url: &str, lang: &str, width: u32) -> Rendered {
     let profile = tempfile::tempdir().expect("profile dir");
     let out = chromium(profile.path(), lang)
+        .arg(format!("--window-size={width},900"))
         .args(["--enable-logging=stderr", "--v=0", "--dump-dom", url])
         .output()
         .await

@@ -174,6 +174,65 @@ fn check_config_explains_mistakes_and_preflight_finds_what_start_would() {
         "{stderr}"
     );
     assert!(stderr.contains("missing/audit.jsonl"), "{stderr}");
+    // What start would meet is not the configuration's fault, and is not said to be.
+    assert!(
+        stderr.contains("the configuration is valid, but the service cannot start with it here")
+            && !stderr.contains("is not valid"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_shows_the_whole_boundary_and_warns_of_what_is_probably_not_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let keytab = dir.path().join("svc.keytab");
+    std::fs::write(&keytab, b"not read by check-config").unwrap();
+    let file = dir.path().join("boundary.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[listen]\nadmin = \"0.0.0.0:9090\"\nproxy_protocol_from = [\"10.9.0.5/32\"]\n\
+             [clients]\nallow = [\"10.20.0.0/16\"]\n\
+             [routing]\ndefault = \"direct\"\n\
+             [[upstream]]\nurl = \"http://proxy.chu.local:8080\"\nauth = \"negotiate\"\nuser = \"svc@CHU.LOCAL\"\nkeytab_file = \"{}\"\n\
+             [[flows]]\nid = \"pacs\"\nhosts = [\"10.1.2.3\"]\nports = [104]\n\
+             [resolve]\nconnect_to = [\"a.test:80=127.0.0.1:8000\"]\n\
+             [[audit.forward]]\nto = \"udp:127.0.0.1:514\"\nformat = \"ecs\"\n",
+            keytab.display()
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        check_config(&file, &[("PASSERELLE__LISTEN__PROXY", "0.0.0.0:3128")]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "PROXY protocol required from 10.9.0.5/32",
+        "Admin endpoint on 0.0.0.0:9090, for 127.0.0.0/8, ::1/128",
+        "Parent http://proxy.chu.local:8080 (auth negotiate, account svc@CHU.LOCAL (Kerberos, SPN HTTP@proxy.chu.local))",
+        "Reached at fixed addresses (resolve.connect_to): a.test:80 -> 127.0.0.1:8000",
+        "Audit to stdout (json, chain without a key)",
+        "Audit forwarded to udp:127.0.0.1:514 (ecs)",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    // The firewall rendered for the embedded default's loopback workstations lets nobody in.
+    let out = Command::new(passerelle_bin())
+        .arg("firewall")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("warning: clients.allow names only this host"),
+        "{out:?}"
+    );
+    for warning in [
+        "warning: upstream: no request goes through the parent",
+        "warning: flows.pacs: 10.1.2.3 is an address of a private or local network",
+        "warning: listen.admin: 0.0.0.0:9090 listens beyond this host, but admin.allow lets only this host in",
+    ] {
+        assert!(stderr.contains(warning), "missing {warning:?} in:\n{stderr}");
+    }
 }
 
 #[test]
@@ -275,7 +334,7 @@ fn the_printed_default_and_every_deploy_example_are_accepted() {
     let (code, _, stderr) = check_config(&ntlm, &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("upstream[0].password_env: the environment variable PASSERELLE_UPSTREAM_PASSWORD is not set"),
+        stderr.contains("upstream[0].password_file: cannot read the secret file /etc/passerelle/upstream-password"),
         "{stderr}"
     );
 }
@@ -638,4 +697,51 @@ async fn a_one_gigabyte_download_streams_in_flat_memory() {
     gw.stop().await;
     let rec = read_audit(&audit).pop().unwrap();
     assert_eq!(rec["bytes_down"].as_u64().unwrap(), 1u64 << 30);
+}
+
+#[test]
+fn help_says_what_passerelle_does_and_describes_every_argument() {
+    let help = |args: &[&str]| {
+        let out = Command::new(passerelle_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    assert!(
+        top.starts_with("Lets a hospital's workstations reach the Covotem"),
+        "{top}"
+    );
+    let commands = [
+        &["run"][..],
+        &["check-config"],
+        &["print-default-config"],
+        &["firewall"],
+        &["hash-password"],
+        &["doctor"],
+        &["report"],
+        &["audit", "verify"],
+        &["audit", "keygen"],
+    ];
+    for command in commands {
+        let text = help(&[command, &["-h"]].concat());
+        // Each option and argument has its words on its line (`-h` keeps them there).
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("  -") || l.starts_with("  <"))
+        {
+            let described = line
+                .trim()
+                .split("  ")
+                .filter(|p| !p.trim().is_empty())
+                .count()
+                >= 2;
+            assert!(
+                described,
+                "{command:?}: {line:?} has no description:\n{text}"
+            );
+        }
+        // --config where a configuration is read, and only there.
+        let reads = matches!(command[0], "run" | "check-config" | "firewall" | "doctor");
+        assert_eq!(text.contains("--config"), reads, "{command:?}:\n{text}");
+    }
 }

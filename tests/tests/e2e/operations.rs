@@ -1104,6 +1104,8 @@ async fn the_audit_chain_runs_across_restarts_and_shows_tampering() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("AUDIT CHAIN BROKEN at "), "{text}");
+    // ... and in its exit code, for the scripts that run it.
+    assert_eq!(out.status.code(), Some(1), "{text}");
 }
 
 /// Chains computed by Python's hashlib and hmac from the README's description
@@ -1169,8 +1171,8 @@ async fn the_status_page_in_chromium() {
     let closed = passerelle_tests::harness::free_port();
     let config = format!(
         "[[flows]]\nid = \"site\"\nhosts = [\"site.test\"]\nports = [80]\n\
-         [[flows]]\nid = \"down\"\nhosts = [\"down.test\"]\nports = [80]\n\
-         [resolve]\nconnect_to = [\"site.test:80={}\", \"down.test:80=127.0.0.1:{closed}\"]\n",
+         [[flows]]\nid = \"broken\"\nhosts = [\"broken.test\"]\nports = [80]\n\
+         [resolve]\nconnect_to = [\"site.test:80={}\", \"broken.test:80=127.0.0.1:{closed}\"]\n",
         origin.addr
     );
     let gw = Running::with_env(
@@ -1193,7 +1195,7 @@ async fn the_status_page_in_chromium() {
             .status,
         403
     );
-    let failed = curl(&["-x", &gw.proxy(), "http://down.test/"]).await;
+    let failed = curl(&["-x", &gw.proxy(), "http://broken.test/"]).await;
     assert_eq!(failed.status, 502);
     let failed_id = failed.request_id().unwrap();
     let reload = curl(&[
@@ -1273,14 +1275,14 @@ async fn the_status_page_in_chromium() {
     // The failure of an allowed request: its own list, its flow's count.
     let failures = row("failures");
     assert!(
-        failures.contains("down.test:80")
-            && failures.contains("<td>down</td>")
+        failures.contains("broken.test:80")
+            && failures.contains("<td>broken</td>")
             && failures.contains("connect_failed")
             && failures.contains(&failed_id),
         "{failures}"
     );
     assert!(
-        flows.contains("<td>down</td><td class=\"num\">1</td><td class=\"num\">0</td><td class=\"num warn\">1</td>"),
+        flows.contains("<td>broken</td><td class=\"num\">1</td><td class=\"num\">0</td><td class=\"num warn\">1</td>"),
         "{flows}"
     );
     assert!(page.dom.contains("<rect") && page.dom.contains("class=\"refused\""));
@@ -1292,6 +1294,21 @@ async fn the_status_page_in_chromium() {
     assert!(french.dom.contains("<html lang=\"fr\"") && french.dom.contains("Derniers refus"));
     assert!(french.dom.contains("acceptée"));
     assert!(french.dom.contains("Derniers échecs"), "{}", french.dom);
+    // Both languages fit 1,200 pixels without scrolling sideways, and the French page has no
+    // English word left in its tables.
+    for lang in ["fr-FR", "en-US"] {
+        let narrow = browser::render_at(&format!("{admin}/"), lang, 1200).await;
+        assert!(
+            narrow.dom.contains("data-fits=\"yes\""),
+            "{lang} is wider than 1200 px"
+        );
+    }
+    for english in [">up<", ">none<", ">down<", ">allowed<"] {
+        assert!(
+            !french.dom.contains(english),
+            "{english} on the French page"
+        );
+    }
 
     let png = dir.path().join("status.png");
     browser::screenshot(&format!("{admin}/"), "en-US", &png).await;
