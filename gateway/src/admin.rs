@@ -355,7 +355,7 @@ fn readiness(shared: &Shared) -> Result<(), String> {
     if !needs_parent
         || parents
             .iter()
-            .any(|p| p.status() == crate::upstream::State::Up)
+            .any(|p| p.status() == crate::upstream::ParentHealth::Up)
     {
         return Ok(());
     }

@@ -90,9 +90,9 @@ pub type BoxedIo = Box<dyn Io>;
 
 /// Names whose DNS answer was not among their flow's documented IPs, warned about once.
 #[derive(Default)]
-pub struct Drift(Mutex<HashSet<String>>);
+pub struct UnlistedAnswers(Mutex<HashSet<String>>);
 
-impl Drift {
+impl UnlistedAnswers {
     fn note(&self, flow: &Flow, host: &str, addrs: &[SocketAddr]) {
         if flow.ips.is_empty()
             || addrs
@@ -107,7 +107,7 @@ impl Drift {
             let documented: Vec<String> = flow.ips.iter().map(IpAddr::to_string).collect();
             tracing::warn!(
                 flow.id = %flow.id, host, resolved = %got.join(", "), documented = %documented.join(", "),
-                "dns.drift: the answer is not among the flow's documented IPs (allowed: the vendor says trust names)"
+                "dns.unlisted_answer: the answer is not among the flow's documented IPs (allowed: the vendor says trust names)"
             );
         }
     }
@@ -117,7 +117,7 @@ impl Drift {
 /// address checked is the address connected (no second lookup, no rebinding).
 pub async fn resolve(
     resolve: &Resolve,
-    drift: &Drift,
+    unlisted: &UnlistedAnswers,
     target: &Target,
     flow: &Flow,
     timeout: Duration,
@@ -129,7 +129,7 @@ pub async fn resolve(
     let host_text = target.host.to_string();
     let candidates = lookup(&target.host, target.port, timeout).await?;
     if let Host::Name(name) = &target.host {
-        drift.note(flow, name, &candidates);
+        unlisted.note(flow, name, &candidates);
     }
     let mut allowed = Vec::with_capacity(candidates.len());
     let mut internal: Option<IpAddr> = None;

@@ -86,7 +86,7 @@ pub async fn connect(
     let timeout = runtime.config.limits.connect_timeout;
     let addrs = resolve(
         &runtime.config.resolve,
-        &shared.drift,
+        &shared.unlisted,
         target,
         flow,
         timeout,

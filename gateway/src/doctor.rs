@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
 use crate::connect::Hop;
-use crate::connect::{connect_any, resolve, BoxedIo, Drift};
+use crate::connect::{connect_any, resolve, BoxedIo, UnlistedAnswers};
 use crate::service::Runtime;
 use crate::upstream::Parent;
 
@@ -26,7 +26,7 @@ const MAX_SKEW: Duration = Duration::from_secs(60);
 /// What a check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub enum CheckState {
     Pass,
     Fail,
     /// A statement, not a verdict (the UDP flows an HTTP proxy does not carry).
@@ -39,7 +39,7 @@ pub enum State {
 pub struct Check {
     pub check: String,
     pub target: String,
-    pub state: State,
+    pub state: CheckState,
     /// Everything but a failure.
     pub ok: bool,
     pub detail: String,
@@ -49,27 +49,27 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(state: State, check: &str, target: &str, detail: impl Into<String>) -> Check {
+    fn new(state: CheckState, check: &str, target: &str, detail: impl Into<String>) -> Check {
         Check {
             check: check.into(),
             target: target.into(),
             state,
-            ok: state != State::Fail,
+            ok: state != CheckState::Fail,
             detail: detail.into(),
             hint: None,
         }
     }
 
     fn pass(check: &str, target: &str, detail: impl Into<String>) -> Check {
-        Check::new(State::Pass, check, target, detail)
+        Check::new(CheckState::Pass, check, target, detail)
     }
 
     fn info(check: &str, target: &str, detail: impl Into<String>) -> Check {
-        Check::new(State::Info, check, target, detail)
+        Check::new(CheckState::Info, check, target, detail)
     }
 
     fn skipped(check: &str, target: &str, why: impl Into<String>) -> Check {
-        Check::new(State::Skipped, check, target, why)
+        Check::new(CheckState::Skipped, check, target, why)
     }
 
     fn fail(
@@ -80,7 +80,7 @@ impl Check {
     ) -> Check {
         Check {
             hint: Some(hint.into()),
-            ..Check::new(State::Fail, check, target, detail)
+            ..Check::new(CheckState::Fail, check, target, detail)
         }
     }
 }
@@ -106,7 +106,7 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
         parent_passed |= probe.ok;
         checks.push(probe);
     }
-    let drift = Drift::default();
+    let unlisted = UnlistedAnswers::default();
     let flows: Vec<Arc<Flow>> = runtime.config.policy.enabled_flows().cloned().collect();
     for flow in &flows {
         let Some(host) = flow
@@ -132,7 +132,7 @@ pub async fn run(config: Config, extra_ca: Option<&Path>) -> Result<Vec<Check>, 
                 ));
                 continue;
             }
-            check_target(&runtime, &drift, flow, &target, &tls, &mut checks).await;
+            check_target(&runtime, &unlisted, flow, &target, &tls, &mut checks).await;
         }
         if !flow.udp_ports.is_empty() {
             let ports: Vec<String> = flow.udp_ports.iter().map(u16::to_string).collect();
@@ -255,7 +255,7 @@ async fn routing(config: &Config) -> Vec<Check> {
         Ok(Err(e)) => Check::skipped("udp", &target, format!("not checked: nft cannot run ({e})")),
         Err(_) => Check::skipped("udp", &target, "not checked: nft did not answer in 10 s"),
     };
-    let routed = table.state != State::Info;
+    let routed = table.state != CheckState::Info;
     let forwarding = match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
         Ok(v) if v.trim() == "1" => Check::pass("udp", "ip forwarding", "on"),
         Ok(_) if routed => Check::fail(
@@ -297,7 +297,7 @@ fn fold_dns_failures(checks: Vec<Check>) -> Vec<Check> {
 
 async fn check_target(
     runtime: &Runtime,
-    drift: &Drift,
+    unlisted: &UnlistedAnswers,
     flow: &Arc<Flow>,
     target: &Target,
     tls: &TlsConnector,
@@ -308,18 +308,19 @@ async fn check_target(
     let route = runtime.config.policy.route(flow, &target.host);
     let stream: BoxedIo = match route {
         Route::Direct => {
-            let addrs = match resolve(&runtime.config.resolve, drift, target, flow, timeout).await {
-                Ok(addrs) => addrs,
-                Err(e) => {
-                    checks.push(Check::fail(
-                        "dns",
-                        &name,
-                        e.to_string(),
-                        "check the jump host's DNS (or resolve.connect_to for split DNS)",
-                    ));
-                    return;
-                }
-            };
+            let addrs =
+                match resolve(&runtime.config.resolve, unlisted, target, flow, timeout).await {
+                    Ok(addrs) => addrs,
+                    Err(e) => {
+                        checks.push(Check::fail(
+                            "dns",
+                            &name,
+                            e.to_string(),
+                            "check the jump host's DNS (or resolve.connect_to for split DNS)",
+                        ));
+                        return;
+                    }
+                };
             let listed: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
             let documented = runtime
                 .config
@@ -916,10 +917,10 @@ pub fn render(checks: &[Check]) -> String {
     let mut out = String::new();
     for c in checks {
         let mark = match c.state {
-            State::Pass => "✓",
-            State::Fail => "✗",
-            State::Info => "i",
-            State::Skipped => "–",
+            CheckState::Pass => "✓",
+            CheckState::Fail => "✗",
+            CheckState::Info => "i",
+            CheckState::Skipped => "–",
         };
         let _ = writeln!(
             out,
@@ -934,9 +935,9 @@ pub fn render(checks: &[Check]) -> String {
     let _ = writeln!(
         out,
         "\n{} passed, {} failed, {} not checked",
-        count(State::Pass),
-        count(State::Fail),
-        count(State::Skipped)
+        count(CheckState::Pass),
+        count(CheckState::Fail),
+        count(CheckState::Skipped)
     );
     out
 }

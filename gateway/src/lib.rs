@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditLog, AuditWriter};
-use crate::connect::Drift;
+use crate::connect::UnlistedAnswers;
 use crate::pool::Pool;
 use crate::service::{Runtime, Shared};
 
@@ -181,7 +181,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             audit,
             connections: Arc::default(),
-            drift: Drift::default(),
+            unlisted: UnlistedAnswers::default(),
             origins: Pool::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),

@@ -101,6 +101,9 @@ enum Command {
         /// Also write a self-contained HTML report (charts, no script) to this file.
         #[arg(long, value_name = "OUT")]
         html: Option<PathBuf>,
+        /// The HTML report's language (French, as the pages' default, or English).
+        #[arg(long, value_enum, default_value = "fr")]
+        lang: ReportLang,
         /// Only this client (an address or a network: 10.20.30.4, 10.20.30.0/24).
         #[arg(long)]
         client: Option<String>,
@@ -164,6 +167,12 @@ enum AuditCommand {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportLang {
+    Fr,
+    En,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum FirewallFormat {
     Nftables,
     Csv,
@@ -204,6 +213,7 @@ fn main() -> ExitCode {
             files,
             json,
             html,
+            lang,
             client,
             since,
             until,
@@ -213,6 +223,7 @@ fn main() -> ExitCode {
             &files,
             json,
             html.as_deref(),
+            matches!(lang, ReportLang::Fr),
             client,
             since,
             until,
@@ -812,6 +823,7 @@ fn report(
     files: &[PathBuf],
     json: bool,
     html: Option<&Path>,
+    french: bool,
     client: Option<String>,
     since: Option<String>,
     until: Option<String>,
@@ -857,7 +869,7 @@ fn report(
     let mut summary = report::summarize(text.lines(), &filter);
     summary.verification = passerelle_gateway::audit::chain::verify(&paths, &known).ok();
     if let Some(out) = html {
-        let page = report::render_html(&summary, "Passerelle — audit report");
+        let page = report::render_html(&summary, &filter, french);
         if let Err(e) = std::fs::write(out, page) {
             return bad(format!("cannot write {}: {e}", out.display()));
         }

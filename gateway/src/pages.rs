@@ -163,35 +163,35 @@ impl Page<'_> {
             Lang::Fr => "fr",
             Lang::En => "en",
         };
-        let contact = if r.contact.is_empty() {
-            String::new()
-        } else {
-            format!("<dt>{}</dt><dd>{}</dd>", w.contact, escape(r.contact))
-        };
-        let body = format!(
-            "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{title} — Passerelle</title><style>{STYLE}</style></head>\n<body><main>\
-             <h1>{title}</h1><p>{intro}</p><dl>\
-             <dt>{}</dt><dd><code>{}</code></dd>\
-             <dt>{}</dt><dd>{} <small>({})</small></dd>\
-             <dt>{}</dt><dd><code>{}</code></dd>\
-             <dt>{}</dt><dd>{time}</dd>\
-             <dt>{}</dt><dd>{}</dd>{contact}</dl>\
-             <p class=\"tell\">{}</p><p class=\"detail\">{}</p></main></body></html>\n",
-            w.request,
-            escape(r.what),
-            w.why,
-            escape(why),
-            self.reason.as_str(),
-            w.id,
-            escape(r.id),
-            w.time,
-            w.workstation,
-            r.client,
-            tell,
-            escape(self.detail),
-        );
+        // The template escapes every value: the request's own text included.
+        let body = maud::html! {
+            (maud::DOCTYPE)
+            html lang=(lang) {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (title) " — Passerelle" }
+                    style { (maud::PreEscaped(STYLE)) }
+                }
+                body { main {
+                    h1 { (title) }
+                    p { (intro) }
+                    dl {
+                        dt { (w.request) } dd { code { (r.what) } }
+                        dt { (w.why) } dd { (why) " " small { "(" (self.reason.as_str()) ")" } }
+                        dt { (w.id) } dd { code { (r.id) } }
+                        dt { (w.time) } dd { (time) }
+                        dt { (w.workstation) } dd { (r.client) }
+                        @if !r.contact.is_empty() {
+                            dt { (w.contact) } dd { (r.contact) }
+                        }
+                    }
+                    p.tell { (tell) }
+                    p.detail { (self.detail) }
+                } }
+            }
+        }
+        .into_string();
         (body, HeaderValue::from_static("text/html; charset=utf-8"))
     }
 }
@@ -202,22 +202,6 @@ main{max-width:40rem;margin:3rem auto;padding:2rem;background:#fff;border-radius
 h1{margin-top:0;font-size:1.6rem}dl{display:grid;grid-template-columns:max-content 1fr;gap:.4rem 1rem}\
 dt{font-weight:600}dd{margin:0;overflow-wrap:anywhere}code{font-size:.9em}.tell{margin-top:1.5rem}\
 .detail{color:#5b6170;font-size:.85rem}";
-
-/// HTML-escapes text from the request (or anywhere): `& < > " '`.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {
@@ -283,11 +267,11 @@ mod tests {
         assert_eq!(kind, "text/html; charset=utf-8");
         assert!(!body.contains("<script>"), "{body}");
         assert!(
-            body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"),
+            body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;'&amp;"),
             "{body}"
         );
         assert!(body.contains("Service informatique &lt;poste 1234&gt;"));
-        assert!(body.contains("cette destination ne fait partie d&#39;aucun flux autorisé"));
+        assert!(body.contains("cette destination ne fait partie d'aucun flux autorisé"));
         assert!(body.contains("0a1b2c3d-7") && body.contains("1970-01-01 00:00:00"));
         for external in ["src=", "href=", "url(", "@import", "<script"] {
             assert!(!body.contains(external), "{external} in {body}");

@@ -13,7 +13,6 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::audit::chain::Verdict;
-use crate::pages::escape;
 use crate::record::{AuditEvent, Decision, EventKind, Reason};
 
 /// Which records count.
@@ -94,6 +93,8 @@ pub struct Report {
     pub reasons: Vec<(String, u64)>,
     /// Failure reasons of allowed requests, most frequent first.
     pub failures: Vec<(String, u64)>,
+    /// Failures of allowed requests by flow, target and reason, most frequent first.
+    pub failed_targets: Vec<(String, u64)>,
     pub parent_auth_failures: u64,
     pub reloads: Vec<Reload>,
     /// Per hour (UTC): allowed, refused.
@@ -126,6 +127,7 @@ pub fn summarize<'a>(lines: impl Iterator<Item = &'a str>, filter: &Filter) -> R
     let mut clients: BTreeMap<String, u64> = BTreeMap::new();
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failed_targets: BTreeMap<String, u64> = BTreeMap::new();
     let mut hours: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut last_seq: Option<u64> = None;
     for line in lines.filter(|l| !l.trim().is_empty()) {
@@ -200,15 +202,23 @@ pub fn summarize<'a>(lines: impl Iterator<Item = &'a str>, filter: &Filter) -> R
         if failed {
             report.failed += 1;
             totals.failed += 1;
-            *failures
-                .entry(reason.unwrap_or_else(|| "unknown".into()))
+            let reason = reason.unwrap_or_else(|| "unknown".into());
+            let target = match (&e.host, e.port) {
+                (Some(host), Some(port)) => format!("{host}:{port}"),
+                _ => "-".into(),
+            };
+            let flow = e.flow.as_deref().unwrap_or("-");
+            *failed_targets
+                .entry(format!("{flow} · {target} · {reason}"))
                 .or_default() += 1;
+            *failures.entry(reason).or_default() += 1;
         }
     }
     report.top_denied_targets = top(targets, 10);
     report.top_denied_clients = top(clients, 10);
     report.reasons = top(reasons, usize::MAX);
     report.failures = top(failures, usize::MAX);
+    report.failed_targets = top(failed_targets, 20);
     report.per_hour = hours.into_iter().map(|(h, (a, d))| (h, a, d)).collect();
     report
 }
@@ -315,39 +325,162 @@ pub fn render(report: &Report) -> String {
 
 /// The report as one self-contained HTML page (inline SVG charts, no script, no external
 /// asset), for the monthly review.
-pub fn render_html(report: &Report, title: &str) -> String {
-    let mut body = String::new();
-    if let Some(v) = &report.verification {
-        let class = if v.intact() { "ok" } else { "bad" };
-        let _ = write!(
-            body,
-            "<p class=\"verdict {class}\" id=\"verdict\">{}</p>",
-            escape(&verdict_line(v))
-        );
+/// The words of the HTML report, in the page's language.
+struct ReportWords {
+    lang: &'static str,
+    title: &'static str,
+    period: &'static str,
+    no_record: &'static str,
+    filters: &'static str,
+    no_filter: &'static str,
+    client: &'static str,
+    since: &'static str,
+    until: &'static str,
+    times: &'static str,
+    records: &'static str,
+    allowed: &'static str,
+    refused: &'static str,
+    failed: &'static str,
+    auth_failures: &'static str,
+    missing: &'static str,
+    per_hour: &'static str,
+    requests: &'static str,
+    hour: &'static str,
+    by_flow: &'static str,
+    flow: &'static str,
+    bytes_up: &'static str,
+    bytes_down: &'static str,
+    reasons: &'static str,
+    targets: &'static str,
+    clients: &'static str,
+    failures: &'static str,
+    failed_targets: &'static str,
+    reloads: &'static str,
+    accepted: &'static str,
+    refused_reload: &'static str,
+    by: &'static str,
+    nothing: &'static str,
+}
+
+const REPORT_EN: ReportWords = ReportWords {
+    lang: "en",
+    title: "Passerelle — audit report",
+    period: "Period",
+    no_record: "no record",
+    filters: "Filters",
+    no_filter: "none: every record of the files",
+    client: "client",
+    since: "from",
+    until: "until",
+    times: "All times are UTC.",
+    records: "records",
+    allowed: "allowed",
+    refused: "refused",
+    failed: "failed (allowed, not through)",
+    auth_failures: "parent authentication failures",
+    missing: "missing (gaps in seq)",
+    per_hour: "Requests per hour",
+    requests: "requests",
+    hour: "hour (UTC)",
+    by_flow: "Allowed, by flow",
+    flow: "flow",
+    bytes_up: "sent",
+    bytes_down: "received",
+    reasons: "Refusals, by reason",
+    targets: "Top refused targets",
+    clients: "Top refused workstations",
+    failures: "Failures of allowed requests, by reason",
+    failed_targets: "Failures, by flow and target",
+    reloads: "Reloads",
+    accepted: "accepted",
+    refused_reload: "refused",
+    by: "asked by",
+    nothing: "Nothing in this period.",
+};
+
+const REPORT_FR: ReportWords = ReportWords {
+    lang: "fr",
+    title: "Passerelle — rapport d'audit",
+    period: "Période",
+    no_record: "aucun enregistrement",
+    filters: "Filtres",
+    no_filter: "aucun : tous les enregistrements des fichiers",
+    client: "poste",
+    since: "à partir de",
+    until: "jusqu'à",
+    times: "Toutes les heures sont en UTC.",
+    records: "enregistrements",
+    allowed: "autorisées",
+    refused: "refusées",
+    failed: "en échec (autorisées, non abouties)",
+    auth_failures: "échecs d'authentification au proxy",
+    missing: "manquants (trous dans seq)",
+    per_hour: "Demandes par heure",
+    requests: "demandes",
+    hour: "heure (UTC)",
+    by_flow: "Autorisées, par flux",
+    flow: "flux",
+    bytes_up: "envoyés",
+    bytes_down: "reçus",
+    reasons: "Refus, par raison",
+    targets: "Destinations les plus refusées",
+    clients: "Postes les plus refusés",
+    failures: "Échecs de demandes autorisées, par raison",
+    failed_targets: "Échecs, par flux et destination",
+    reloads: "Rechargements",
+    accepted: "accepté",
+    refused_reload: "refusé",
+    by: "demandé par",
+    nothing: "Rien sur cette période.",
+};
+
+/// Bytes in the unit a person reads.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
     }
-    let _ = write!(
-        body,
-        "<section class=\"totals\"><div><b id=\"records\">{}</b>records</div>\
-         <div><b id=\"allowed\">{}</b>allowed</div><div><b id=\"denied\">{}</b>refused</div>\
-         <div><b id=\"failed\">{}</b>failed</div><div><b>{}</b>parent auth. failures</div>\
-         <div><b>{}</b>missing (seq)</div></section>",
-        report.records,
-        report.allowed,
-        report.denied,
-        report.failed,
-        report.parent_auth_failures,
-        report.seq_gaps
-    );
-    let _ = write!(
-        body,
-        "<h2>Per hour (UTC)</h2>{}",
-        hour_chart(&report.per_hour)
-    );
-    let _ = write!(
-        body,
-        "<h2>Allowed, by flow</h2><table id=\"flows\"><tr><th>flow</th><th>requests</th>\
-         <th>failed</th><th>bytes up</th><th>bytes down</th><th></th></tr>"
-    );
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// The HTML report: self-contained (no script, no external asset), every value escaped by the
+/// template, in French or English; `filter` is stated at its top.
+pub fn render_html(report: &Report, filter: &Filter, french: bool) -> String {
+    use maud::{html, PreEscaped, DOCTYPE};
+    let w = if french { &REPORT_FR } else { &REPORT_EN };
+    let time = |t: &SystemTime| humantime::format_rfc3339_seconds(*t).to_string();
+    let mut filters = Vec::new();
+    if let Some(net) = &filter.client {
+        filters.push(format!("{} {net}", w.client));
+    }
+    if let Some(t) = &filter.since {
+        filters.push(format!("{} {}", w.since, time(t)));
+    }
+    if let Some(t) = &filter.until {
+        filters.push(format!("{} {}", w.until, time(t)));
+    }
+    let list = |id: &str, title: &str, rows: &[(String, u64)], color: &str| {
+        let most = rows.first().map_or(1, |(_, n)| *n).max(1);
+        html! {
+            h2 { (title) }
+            @if rows.is_empty() {
+                p.nothing { (w.nothing) }
+            } @else {
+                table id=(id) {
+                    @for (what, n) in rows {
+                        tr { td { (what) } td.num { (n) } td { (bar(*n, most, color)) } }
+                    }
+                }
+            }
+        }
+    };
     let most = report
         .flows
         .values()
@@ -355,123 +488,142 @@ pub fn render_html(report: &Report, title: &str) -> String {
         .max()
         .unwrap_or(1)
         .max(1);
-    for (flow, t) in &report.flows {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(flow),
-            t.requests,
-            t.failed,
-            t.bytes_up,
-            t.bytes_down,
-            bar(t.requests, most, "#2f6f4f")
-        );
-    }
-    body.push_str("</table>");
-    for (id, title, list, color) in [
-        ("reasons", "Refusals, by reason", &report.reasons, "#b3261e"),
-        (
-            "targets",
-            "Top refused targets",
-            &report.top_denied_targets,
-            "#b3261e",
-        ),
-        (
-            "clients",
-            "Top refused clients",
-            &report.top_denied_clients,
-            "#b3261e",
-        ),
-        (
-            "failures",
-            "Failures of allowed requests",
-            &report.failures,
-            "#a15c00",
-        ),
-    ] {
-        let most = list.first().map_or(1, |(_, n)| *n).max(1);
-        let _ = write!(body, "<h2>{title}</h2><table id=\"{id}\">");
-        for (what, n) in list {
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{n}</td><td>{}</td></tr>",
-                escape(what),
-                bar(*n, most, color)
-            );
+    let page = html! {
+        (DOCTYPE)
+        html lang=(w.lang) {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'";
+                title { (w.title) }
+                style { (PreEscaped(REPORT_STYLE)) }
+            }
+            body { main {
+                h1 { (w.title) }
+                @if let Some(v) = &report.verification {
+                    p.verdict.(if v.intact() { "ok" } else { "bad" }) id="verdict" { (verdict_line(v)) }
+                }
+                p.period {
+                    (w.period) ": "
+                    @match (&report.first, &report.last) {
+                        (Some(a), Some(b)) => { (a) " → " (b) }
+                        _ => { (w.no_record) }
+                    }
+                    " · " (w.filters) ": "
+                    @if filters.is_empty() { (w.no_filter) } @else { (filters.join(", ")) }
+                    " · " (w.times)
+                }
+                section.totals {
+                    div { b id="records" { (report.records) } (w.records) }
+                    div { b id="allowed" { (report.allowed) } (w.allowed) }
+                    div { b id="denied" { (report.denied) } (w.refused) }
+                    div { b id="failed" { (report.failed) } (w.failed) }
+                    div { b { (report.parent_auth_failures) } (w.auth_failures) }
+                    div { b { (report.seq_gaps) } (w.missing) }
+                }
+                h2 { (w.per_hour) }
+                @if report.per_hour.is_empty() {
+                    p.nothing { (w.nothing) }
+                } @else {
+                    (hour_chart(&report.per_hour, w))
+                }
+                h2 { (w.by_flow) }
+                @if report.flows.is_empty() {
+                    p.nothing { (w.nothing) }
+                } @else {
+                    table id="flows" {
+                        tr { th { (w.flow) } th.num { (w.requests) } th.num { (w.failed) } th.num { (w.bytes_up) } th.num { (w.bytes_down) } th {} }
+                        @for (flow, t) in &report.flows {
+                            tr {
+                                td { (flow) } td.num { (t.requests) } td.num { (t.failed) }
+                                td.num { (human_bytes(t.bytes_up)) } td.num { (human_bytes(t.bytes_down)) }
+                                td { (bar(t.requests, most, "#2f6f4f")) }
+                            }
+                        }
+                    }
+                }
+                (list("reasons", w.reasons, &report.reasons, "#b3261e"))
+                (list("targets", w.targets, &report.top_denied_targets, "#b3261e"))
+                (list("clients", w.clients, &report.top_denied_clients, "#b3261e"))
+                (list("failures", w.failures, &report.failures, "#a15c00"))
+                (list("failed-targets", w.failed_targets, &report.failed_targets, "#a15c00"))
+                h2 { (w.reloads) }
+                @if report.reloads.is_empty() {
+                    p.nothing { (w.nothing) }
+                } @else {
+                    table id="reloads" {
+                        @for r in &report.reloads {
+                            tr {
+                                td { (r.ts) }
+                                td { (if r.accepted { w.accepted } else { w.refused_reload }) }
+                                td { (w.by) " " (r.by.as_deref().unwrap_or("?")) }
+                            }
+                        }
+                    }
+                }
+            } }
         }
-        body.push_str("</table>");
-    }
-    let _ = write!(body, "<h2>Reloads</h2><table id=\"reloads\">");
-    for r in &report.reloads {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&r.ts),
-            if r.accepted { "accepted" } else { "refused" },
-            escape(r.by.as_deref().unwrap_or("?"))
-        );
-    }
-    body.push_str("</table>");
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
-         <title>{t}</title><style>{REPORT_STYLE}</style></head>\n<body><main><h1>{t}</h1>\
-         <p class=\"period\">{}</p>{body}</main></body></html>\n",
-        match (&report.first, &report.last) {
-            (Some(a), Some(b)) => format!("{} → {}", escape(a), escape(b)),
-            _ => "no record".to_string(),
-        },
-        t = escape(title),
-    )
+    };
+    page.into_string()
 }
 
 const REPORT_STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;background:#f4f5f7;color:#1d2433;margin:0}\
 main{max-width:60rem;margin:2rem auto;padding:2rem;background:#fff;border-radius:8px}\
 h2{margin-top:2rem;font-size:1.15rem}table{border-collapse:collapse;width:100%}\
-td,th{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #e3e5ea}\
+td,th{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #e3e5ea;overflow-wrap:anywhere}\
+td.num,th.num{text-align:right}.nothing{color:#5b6170;font-style:italic}\
 .totals{display:flex;gap:1rem;flex-wrap:wrap}.totals div{background:#f4f5f7;padding:.6rem 1rem;border-radius:6px}\
 .totals b{display:block;font-size:1.4rem}.verdict{padding:.6rem 1rem;border-radius:6px;font-weight:600}\
-.ok{background:#e3f4ea;color:#1c5e3b}.bad{background:#fbe4e2;color:#8c1d18}.period{color:#5b6170}";
+.ok{background:#e3f4ea;color:#1c5e3b}.bad{background:#fbe4e2;color:#8c1d18}.period{color:#5b6170}\
+.legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .3rem 0 1rem;vertical-align:middle}";
 
 /// A horizontal bar, inline SVG.
-fn bar(n: u64, most: u64, color: &str) -> String {
+fn bar(n: u64, most: u64, color: &str) -> maud::Markup {
     let width = (n as f64 / most as f64 * 200.0).round().max(1.0);
-    format!("<svg width=\"200\" height=\"12\" role=\"img\"><rect width=\"{width}\" height=\"12\" fill=\"{color}\"/></svg>")
+    maud::html! {
+        svg width="200" height="12" role="img" { rect width=(width) height="12" fill=(color) {} }
+    }
 }
 
-/// Allowed (green) and refused (red) per hour, as stacked columns of inline SVG.
-fn hour_chart(hours: &[(String, u64, u64)]) -> String {
-    if hours.is_empty() {
-        return "<p>no record</p>".to_string();
-    }
+/// Allowed (green) and refused (red) per hour, as stacked columns of inline SVG, with a
+/// vertical axis (requests), the hours under the columns, and a legend.
+fn hour_chart(hours: &[(String, u64, u64)], w: &ReportWords) -> maud::Markup {
     let most = hours
         .iter()
         .map(|(_, a, d)| a + d)
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let (w, h) = (16.0, 120.0);
-    let mut svg = format!(
-        "<svg id=\"per-hour\" width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"requests per hour\">",
-        hours.len() as f64 * (w + 4.0),
-        h + 2.0
-    );
-    for (i, (hour, allowed, denied)) in hours.iter().enumerate() {
-        let x = i as f64 * (w + 4.0);
-        let ha = *allowed as f64 / most * h;
-        let hd = *denied as f64 / most * h;
-        let _ = write!(
-            svg,
-            "<g><title>{}: {allowed} allowed, {denied} refused</title>\
-             <rect x=\"{x}\" y=\"{}\" width=\"{w}\" height=\"{ha}\" fill=\"#2f6f4f\"/>\
-             <rect x=\"{x}\" y=\"{}\" width=\"{w}\" height=\"{hd}\" fill=\"#b3261e\"/></g>",
-            escape(hour),
-            h - ha,
-            h - ha - hd
-        );
+    let (col, gap, h, left, bottom) = (18.0, 6.0, 140.0, 48.0, 44.0);
+    let width = left + hours.len() as f64 * (col + gap) + 10.0;
+    // Every fourth hour named, at most twelve names.
+    let every = hours.len().div_ceil(12).max(1);
+    maud::html! {
+        p.legend {
+            span style="background:#2f6f4f" {} (w.allowed)
+            span style="background:#b3261e" {} (w.refused)
+        }
+        svg id="per-hour" width=(width) height=(h + bottom) role="img" aria-label=(w.per_hour) {
+            line x1=(left - 4.0) y1="0" x2=(left - 4.0) y2=(h) stroke="#5b6170" {}
+            line x1=(left - 4.0) y1=(h) x2=(width) y2=(h) stroke="#5b6170" {}
+            text x=(left - 8.0) y="10" font-size="11" text-anchor="end" { (most as u64) }
+            text x=(left - 8.0) y=(h) font-size="11" text-anchor="end" { "0" }
+            text x="2" y=(h / 2.0) font-size="11" { (w.requests) }
+            @for (i, (hour, allowed, denied)) in hours.iter().enumerate() {
+                @let x = left + i as f64 * (col + gap);
+                @let ha = *allowed as f64 / most * h;
+                @let hd = *denied as f64 / most * h;
+                g {
+                    title { (hour) ": " (allowed) " " (w.allowed) ", " (denied) " " (w.refused) }
+                    rect x=(x) y=(h - ha) width=(col) height=(ha) fill="#2f6f4f" {}
+                    rect x=(x) y=(h - ha - hd) width=(col) height=(hd) fill="#b3261e" {}
+                    @if i % every == 0 {
+                        text x=(x) y=(h + 14.0) font-size="10" { (hour.get(11..).unwrap_or(hour)) }
+                    }
+                }
+            }
+            text x=(left) y=(h + 34.0) font-size="11" { (w.hour) ", " (hours.first().map_or("", |h| h.0.get(..10).unwrap_or(""))) }
+        }
     }
-    svg.push_str("</svg>");
-    svg
 }
 
 #[cfg(test)]
@@ -562,7 +714,16 @@ mod tests {
         let some = summarize(lines.iter().map(String::as_str), &one);
         assert_eq!((some.records, some.denied), (1, 1));
         assert!(parse_time("yesterday-ish").is_err());
-        let html = render_html(&all, "Passerelle");
+        let html = render_html(&all, &Filter::default(), false);
         assert!(html.contains("id=\"per-hour\"") && !html.contains("<script"));
+        // The filters are stated, in the page's language.
+        let filtered = render_html(&some, &one, true);
+        assert!(filtered.contains("poste 10.0.0.2/32"), "{filtered}");
+        assert!(
+            filtered.contains("à partir de 2026-11-29T11:00:00Z"),
+            "{filtered}"
+        );
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 B");
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
-use crate::connect::Drift;
+use crate::connect::UnlistedAnswers;
 use crate::limits::{rate_limiter, Connections, RateLimiter};
 use crate::pool::Pool;
 use crate::upstream::{Parents, Timeouts};
@@ -68,7 +68,7 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub audit: AuditLog,
     pub connections: Arc<Connections>,
-    pub drift: Drift,
+    pub unlisted: UnlistedAnswers,
     pub origins: Arc<Pool<(Host, u16)>>,
     pub tracker: TaskTracker,
     /// Cancelled when shutdown's grace period is over: tunnels end, records are written.

@@ -54,19 +54,22 @@ pub(crate) struct LogShared {
     /// Set when shutdown's grace is over: what is cut then is cut by the shutdown.
     shutting_down: AtomicBool,
     /// Connection-level refusals, per reason: a flood must not fill the disk.
-    throttle: Mutex<std::collections::HashMap<Reason, Bucket>>,
+    throttle: governor::DefaultKeyedRateLimiter<Reason>,
+    /// Per reason, the refusals counted but not written since the last one written.
+    folded: Mutex<std::collections::HashMap<Reason, u64>>,
     forwarders: Vec<Arc<forward::Forwarder>>,
 }
 
 /// Connection-level refusals (before any request is read) are written at most this many per
 /// second per reason, after a burst; the next record written says how many it stands for.
-const REFUSALS_PER_SECOND: f64 = 20.0;
-const REFUSALS_BURST: f64 = 100.0;
+const REFUSALS_PER_SECOND: u32 = 20;
+const REFUSALS_BURST: u32 = 100;
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    folded: u64,
+fn refusal_quota() -> governor::Quota {
+    let per_second =
+        std::num::NonZeroU32::new(REFUSALS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(REFUSALS_BURST).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::Quota::per_second(per_second).allow_burst(burst)
 }
 
 /// Owns the writer thread and the forwarders' senders; [`AuditWriter::finish`] waits until
@@ -121,7 +124,8 @@ impl AuditLog {
             status: Arc::default(),
             capacity: Arc::default(),
             shutting_down: AtomicBool::new(false),
-            throttle: Mutex::default(),
+            throttle: governor::RateLimiter::keyed(refusal_quota()),
+            folded: Mutex::default(),
             forwarders,
         });
         let writer_shared = shared.clone();
@@ -190,28 +194,15 @@ impl AuditLog {
             return self.event(event);
         };
         let folded = {
-            let mut buckets = self
-                .shared
-                .throttle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let bucket = buckets.entry(reason).or_insert(Bucket {
-                tokens: REFUSALS_BURST,
-                last: now,
-                folded: 0,
-            });
-            let refill = now.duration_since(bucket.last).as_secs_f64() * REFUSALS_PER_SECOND;
-            bucket.tokens = (bucket.tokens + refill).min(REFUSALS_BURST);
-            bucket.last = now;
-            if bucket.tokens < 1.0 {
-                bucket.folded += 1;
+            let mut folded = self.shared.folded.lock().unwrap_or_else(|p| p.into_inner());
+            let count = folded.entry(reason).or_default();
+            if self.shared.throttle.check_key(&reason).is_err() {
+                *count += 1;
                 self.observe(&event);
                 self.shared.metrics.refusal_folded();
                 return;
             }
-            bucket.tokens -= 1.0;
-            std::mem::take(&mut bucket.folded)
+            std::mem::take(count)
         };
         if folded > 0 {
             let detail = event.detail.take().unwrap_or_default();

@@ -12,7 +12,7 @@ use super::clock::Clock;
 
 /// The state a parent is in, for metrics and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub enum ParentHealth {
     Up,
     /// A transport failure, within its cool-down, and no success since.
     Down,
@@ -20,12 +20,12 @@ pub enum State {
     Backoff,
 }
 
-impl State {
+impl ParentHealth {
     pub fn as_str(self) -> &'static str {
         match self {
-            State::Up => "up",
-            State::Down => "down",
-            State::Backoff => "backoff",
+            ParentHealth::Up => "up",
+            ParentHealth::Down => "down",
+            ParentHealth::Backoff => "backoff",
         }
     }
 }
@@ -82,13 +82,13 @@ impl Health {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> ParentHealth {
         if self.backoff_left().is_some() {
-            State::Backoff
+            ParentHealth::Backoff
         } else if self.is_down() {
-            State::Down
+            ParentHealth::Down
         } else {
-            State::Up
+            ParentHealth::Up
         }
     }
 
@@ -206,14 +206,14 @@ mod tests {
     fn down_is_reported_once_and_cools_off() {
         let clock = Manual::new();
         let h = health(&clock);
-        assert_eq!(h.state(), State::Up);
+        assert_eq!(h.state(), ParentHealth::Up);
         assert_eq!(h.failed(), Change::WentDown);
         assert_eq!(h.failed(), Change::None, "a second failure is not news");
-        assert_eq!(h.state(), State::Down);
+        assert_eq!(h.state(), ParentHealth::Down);
         clock.advance(Duration::from_secs(20));
         assert_eq!(h.down_for(), Some(Duration::from_secs(20)));
         clock.advance(Duration::from_secs(11));
-        assert_eq!(h.state(), State::Up, "the cool-down ended");
+        assert_eq!(h.state(), ParentHealth::Up, "the cool-down ended");
         assert_eq!(h.failed(), Change::WentDown);
     }
 
@@ -224,7 +224,7 @@ mod tests {
         h.failed();
         clock.advance(Duration::from_secs(1));
         assert_eq!(h.answered(), Change::CameBack);
-        assert_eq!(h.state(), State::Up);
+        assert_eq!(h.state(), ParentHealth::Up);
         assert_eq!(h.answered(), Change::None);
         assert_eq!(h.down_for(), None);
     }
@@ -246,7 +246,7 @@ mod tests {
         // The verdict reaches the one that waited: back-off, not another attempt.
         let left = h.credentials_trial().await.unwrap_err();
         assert_eq!(left, Duration::from_secs(60));
-        assert_eq!(h.state(), State::Backoff);
+        assert_eq!(h.state(), ParentHealth::Backoff);
         clock.advance(Duration::from_secs(59));
         assert!(h.credentials_trial().await.is_err());
         clock.advance(Duration::from_secs(1));
@@ -280,7 +280,7 @@ mod tests {
         let h = health(&clock);
         h.failed();
         h.refused();
-        assert_eq!(h.state(), State::Backoff);
+        assert_eq!(h.state(), ParentHealth::Backoff);
         assert_eq!(h.state().as_str(), "backoff");
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use account::Accounts;
 pub use error::{Sent, UpstreamError};
-pub use health::State;
+pub use health::ParentHealth;
 pub use parent::{Parent, Timeouts};
 use request::Outgoing;
 

@@ -27,7 +27,7 @@ use super::account::{Account, Accounts, Backoff, Fingerprint, Held, Refusal};
 use super::clock::SystemClock;
 use super::error::{Sent, UpstreamError};
 use super::exchange::{self, Demand, KerberosStanding, Next, Rejection};
-use super::health::{Change, Health, State, Trial};
+use super::health::{Change, Health, ParentHealth, Trial};
 use super::request::{Leg, Outgoing};
 use super::secret::{Current, Secret};
 use crate::audit::AuditLog;
@@ -272,9 +272,9 @@ impl Parent {
 
     /// The parent's state for metrics and readiness: a parent whose account is held is in
     /// back-off like one that refused our credentials.
-    pub fn status(&self) -> State {
+    pub fn status(&self) -> ParentHealth {
         match self.state.health.state() {
-            State::Up if self.account_held().is_some() => State::Backoff,
+            ParentHealth::Up if self.account_held().is_some() => ParentHealth::Backoff,
             state => state,
         }
     }
@@ -285,7 +285,7 @@ impl Parent {
             return describe_held(&account, &held, &self.secret.current().source);
         }
         match (self.state.health.state(), self.state.health.backoff_left()) {
-            (State::Backoff, Some(left)) => format!(
+            (ParentHealth::Backoff, Some(left)) => format!(
                 "in back-off for {}s: it refused the gateway's credentials or offers nothing usable",
                 left.as_secs().max(1)
             ),

@@ -1333,16 +1333,61 @@ async fn the_html_report_in_chromium() {
     curl(&["-x", &gw.proxy(), "https://evil.example/"]).await;
     let path = gw.audit_path.clone();
     let dir = gw.shutdown().await;
-    let html = dir.path().join("report.html");
-    passerelle_ok([
-        OsStr::new("report"),
-        OsStr::new("--html"),
-        html.as_os_str(),
-        path.as_os_str(),
-    ]);
-    let page = browser::render(&format!("file://{}", html.display()), "en-US").await;
-    assert!(page.console.is_empty(), "console: {:#?}", page.console);
-    assert!(page.dom.contains("evil.example:443") && page.dom.contains("id=\"per-hour\""));
+    // In French (the default, as the pages') and in English: the period, the filters and the
+    // time zone stated; a chart with its axis, hours and legend; sizes in human units; an
+    // empty section says so.
+    for (lang, words) in [
+        (
+            "fr",
+            [
+                "rapport d'audit",
+                "Toutes les heures sont en UTC.",
+                "heure (UTC)",
+                "Rien sur cette période.",
+                "Filtres: aucun",
+            ],
+        ),
+        (
+            "en",
+            [
+                "audit report",
+                "All times are UTC.",
+                "hour (UTC)",
+                "Nothing in this period.",
+                "Filters: none",
+            ],
+        ),
+    ] {
+        let html = dir.path().join(format!("report-{lang}.html"));
+        passerelle_ok([
+            OsStr::new("report"),
+            OsStr::new("--lang"),
+            OsStr::new(lang),
+            OsStr::new("--html"),
+            html.as_os_str(),
+            path.as_os_str(),
+        ]);
+        let page = browser::render(&format!("file://{}", html.display()), "en-US").await;
+        assert!(page.console.is_empty(), "console: {:#?}", page.console);
+        assert!(page.dom.contains("evil.example:443") && page.dom.contains("id=\"per-hour\""));
+        assert!(
+            page.dom.contains(&format!("<html lang=\"{lang}\"")),
+            "{}",
+            page.dom
+        );
+        for word in words {
+            assert!(
+                page.dom.contains(word),
+                "{lang}: no {word:?} in {}",
+                page.dom
+            );
+        }
+        assert!(page.dom.contains("class=\"legend\""));
+        assert!(
+            page.dom.contains(" B<") || page.dom.contains("KiB<"),
+            "sizes in human units"
+        );
+    }
 }
 
 /// The capacity view follows a known load: three workstations in a visio against a 2 Mbit/s

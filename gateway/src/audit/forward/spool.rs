@@ -49,7 +49,7 @@ struct Segment {
     bytes: u64,
 }
 
-struct State {
+struct SpoolState {
     /// Oldest first; the last one is written to.
     segments: VecDeque<Segment>,
     writer: Option<File>,
@@ -63,7 +63,7 @@ struct State {
     dropped: u64,
 }
 
-impl State {
+impl SpoolState {
     fn end(&self) -> u64 {
         self.segments
             .back()
@@ -76,7 +76,7 @@ pub struct Spool {
     max_bytes: u64,
     segment_bytes: u64,
     on_full: SpoolFull,
-    state: Mutex<State>,
+    state: Mutex<SpoolState>,
     wake: Condvar,
 }
 
@@ -138,7 +138,7 @@ impl Spool {
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .unwrap_or(start);
-        let mut state = State {
+        let mut state = SpoolState {
             bytes: segments.iter().map(|s| s.bytes).sum(),
             segments,
             writer: None,
@@ -209,7 +209,7 @@ impl Spool {
         Ok(standing)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, SpoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -294,7 +294,7 @@ impl Spool {
     }
 
     /// Drops the oldest segment; returns how many undelivered messages went with it.
-    fn drop_oldest(&self, state: &mut State) -> u64 {
+    fn drop_oldest(&self, state: &mut SpoolState) -> u64 {
         let Some(oldest) = state.segments.pop_front() else {
             return 0;
         };
@@ -328,7 +328,7 @@ impl Spool {
     }
 
     /// Removes the segments wholly delivered (not the one being written).
-    fn forget_delivered(&self, state: &mut State) {
+    fn forget_delivered(&self, state: &mut SpoolState) {
         while state.segments.len() > 1 || (state.writer.is_none() && !state.segments.is_empty()) {
             let Some(front) = state.segments.front() else {
                 break;
