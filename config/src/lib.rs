@@ -662,7 +662,7 @@ fn mistyped(path: &str, written: &toml::Value, read: &toml::Value, problems: &mu
 
 /// Every key the configuration takes, as `section.key` (`flows.id` for array tables), read
 /// from the commented default file, which documents each of them.
-fn known_keys() -> Vec<String> {
+pub fn known_keys() -> Vec<String> {
     let mut keys = Vec::new();
     let mut section = String::new();
     for line in DEFAULT_TOML.lines() {

@@ -987,14 +987,14 @@ async fn the_shipped_collector_configurations_keep_the_anchors_and_feed_the_siem
 }
 
 #[test]
-fn the_readme_shows_the_shipped_collector_configurations() {
+fn the_security_guide_shows_the_shipped_collector_configurations() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
     for file in ["rsyslog-passerelle.conf", "syslog-ng-passerelle.conf"] {
         let text = std::fs::read_to_string(root.join("deploy/collectors").join(file)).unwrap();
         assert!(
             readme.contains(text.trim_end()),
-            "the README's copy of deploy/collectors/{file} differs from the file"
+            "the security guide's copy of deploy/collectors/{file} differs from the file"
         );
     }
 }

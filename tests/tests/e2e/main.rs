@@ -6,6 +6,7 @@ mod cli;
 mod clients;
 mod core;
 mod credentials;
+mod docs;
 mod durability;
 mod hostile;
 mod kerberos;
