@@ -112,8 +112,8 @@ pub struct Pages {
 
 vocabulary::vocabulary! {
     pub enum PageLanguage ("a language of the pages") {
-        Fr = "fr",
-        En = "en",
+        Fr,
+        En,
     }
 }
 
@@ -284,13 +284,13 @@ pub enum SyslogTarget {
 
 vocabulary::vocabulary! {
     pub enum AuditFormat ("a format") {
-        Json = "json",
+        Json,
         /// Squid's native access.log line.
-        Squid = "squid",
+        Squid,
         /// Elastic Common Schema.
-        Ecs = "ecs",
+        Ecs,
         /// OCSF, HTTP Activity (class 4002).
-        Ocsf = "ocsf",
+        Ocsf,
     }
 }
 
@@ -298,9 +298,9 @@ vocabulary::vocabulary! {
     /// What a forwarder's full spool does with a new record.
     pub enum SpoolFull ("a choice") {
         /// The new record is not spooled (it stays in the local record), said and counted.
-        RefuseNew = "refuse_new",
+        RefuseNew,
         /// The oldest records waiting are dropped to make room, said and counted.
-        DropOldest = "drop_oldest",
+        DropOldest,
     }
 }
 
@@ -371,9 +371,9 @@ vocabulary::vocabulary! {
     /// What the audit does when its queue is full.
     pub enum OnFull ("a choice") {
         /// New requests wait: nothing goes unrecorded.
-        Block = "block",
+        Block,
         /// New requests go on unrecorded, counted in `passerelle_audit_dropped`.
-        Drop = "drop",
+        Drop,
     }
 }
 

@@ -38,9 +38,9 @@ impl fmt::Display for Target {
 crate::vocabulary::vocabulary! {
     /// Which deployment a flow belongs to; a site enables production and/or preprod.
     pub enum Environment ("an environment") {
-        Production = "production",
-        Preprod = "preprod",
-        All = "all",
+        Production,
+        Preprod,
+        All,
     }
 }
 
@@ -100,8 +100,8 @@ crate::vocabulary::vocabulary! {
     /// Where an allowed request goes next. The parent is chosen when connecting (failover
     /// over the ordered `[[upstream]]` list), so the decision names the kind of route only.
     pub enum Route ("a route") {
-        Direct = "direct",
-        Upstream = "upstream",
+        Direct,
+        Upstream,
     }
 }
 

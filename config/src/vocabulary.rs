@@ -1,49 +1,42 @@
-//! Closed vocabularies of configuration keys (`environment`, `audit.format`...): each enum
-//! parses its words with `FromStr`, an unknown word's error listing the known ones, and
-//! prints them back with `Display`.
+//! Closed vocabularies of configuration keys (`environment`, `audit.format`...): enums whose
+//! words strum derives (snake_case), parsed with an error that lists the known words.
 
-/// Declares such an enum: `vocabulary! { pub enum Route ("a route") { Direct = "direct", ... } }`.
+/// Declares a vocabulary: `vocabulary! { pub enum Route ("a route") { Direct, Upstream } }`
+/// derives its words with strum (snake_case: `direct`, `upstream`) and makes it parse, with an
+/// error that says what was expected (`"xml" is not a format (json, squid, ecs, ocsf)`).
 macro_rules! vocabulary {
     (
         $(#[$meta:meta])*
         pub enum $name:ident ($what:literal) {
-            $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)?
+            $($(#[$vmeta:meta])* $variant:ident),+ $(,)?
         }
     ) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash,
+            strum::IntoStaticStr, strum::Display, strum::VariantNames, strum::EnumIter,
+        )]
+        #[strum(serialize_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant),+
         }
 
         impl $name {
             /// Every word of the vocabulary, in the order of the declaration.
-            pub const WORDS: &'static [&'static str] = &[$($word),+];
+            pub const WORDS: &'static [&'static str] =
+                <$name as strum::VariantNames>::VARIANTS;
 
             pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $word),+
-                }
+                self.into()
             }
         }
 
         impl std::str::FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<$name, String> {
-                match s {
-                    $($word => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "{other:?} is not {} ({})",
-                        $what,
-                        $name::WORDS.join(", ")
-                    )),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                <$name as strum::IntoEnumIterator>::iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| format!("{s:?} is not {} ({})", $what, $name::WORDS.join(", ")))
             }
         }
 
