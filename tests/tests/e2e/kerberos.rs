@@ -1084,3 +1084,140 @@ async fn doctor_finds_each_kerberos_cause() {
     let kept = doctor("cname-kept", "alias.test", &password, &kdc.krb5_conf, None);
     assert_eq!(find(&kept, "kerberos-spn")["ok"], true, "{kept:#?}");
 }
+
+/// A TCP relay to the KDC that can freeze: from then on it takes connections and holds them
+/// without an answer (a KDC that went slow). Counts what it held.
+struct FreezingRelay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FreezingRelay {
+    async fn start(kdc_port: u16) -> FreezingRelay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (f, h) = (frozen.clone(), held.clone());
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                if f.load(Ordering::SeqCst) {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    kept.push(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut kdc) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", kdc_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut kdc).await;
+                    }
+                });
+            }
+        });
+        FreezingRelay { port, frozen, held }
+    }
+}
+
+/// A KDC that goes slow when the tickets need renewing: the requests waiting for Kerberos
+/// queue behind at most four steps per parent on the blocking pool, and say so, instead of
+/// each holding a blocking thread on the KDC.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_kdc_queues_requests_not_threads() {
+    use std::sync::atomic::Ordering;
+    let kdc = Kdc::start().await;
+    kdc.add_user(USER, PASSWORD);
+    kdc.admin(&format!("modprinc -maxlife \"6 seconds\" {USER}"));
+    let origin = HttpOrigin::start().await;
+    let squid = Squid::with_auth(
+        SquidAuth::Negotiate {
+            kdc: &kdc,
+            name: PARENT,
+        },
+        &["origin.test"],
+    )
+    .await;
+    // The gateway reaches the KDC over TCP only, through the relay.
+    let relay = FreezingRelay::start(kdc.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("krb5-relay.conf");
+    std::fs::write(
+        &conf,
+        std::fs::read_to_string(&kdc.krb5_conf)
+            .unwrap()
+            .replace(
+                &format!("kdc = 127.0.0.1:{}", kdc.port),
+                &format!("kdc = 127.0.0.1:{}", relay.port),
+            )
+            .replace(
+                "[libdefaults]\n",
+                "[libdefaults]\n  udp_preference_limit = 1\n",
+            ),
+    )
+    .unwrap();
+    let toml = format!(
+        "{}[limits]\nconnect_timeout = \"3s\"\nrequests_per_second = 10000\nburst = 10000\n",
+        config(&origin, &squid, &password_upstream("negotiate"))
+    );
+    let gw = start(dir.path(), &toml, &conf, PASSWORD).await;
+    let url = format!("http://origin.test:{}/slow-kdc", origin.addr.port());
+    assert_eq!(curl(&["-x", &gw.proxy(), "-p", &url]).await.status, 200);
+    relay.frozen.store(true, Ordering::SeqCst);
+    // Tunnels at a steady pace until the renewal reaches the frozen KDC (bounded).
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut tries = 0;
+    while relay.held.load(Ordering::SeqCst) == 0 {
+        assert!(tries < 200, "the renewal never came");
+        tries += 1;
+        pace.tick().await;
+        let proxy = gw.proxy();
+        let url = url.clone();
+        tokio::spawn(async move { curl(&["-x", &proxy, "-p", &url]).await });
+    }
+    let records_before =
+        passerelle_tests::harness::read_audit_all(&dir.path().join("audit.jsonl")).len();
+    let burst: Vec<_> = (0..12)
+        .map(|_| {
+            let (proxy, url) = (gw.proxy(), url.clone());
+            tokio::spawn(async move { curl(&["-x", &proxy, "-p", &url]).await })
+        })
+        .collect();
+    for answer in burst {
+        assert_eq!(
+            answer.await.unwrap().status,
+            0,
+            "a tunnel went through a frozen KDC"
+        );
+    }
+    let records = passerelle_tests::harness::read_audit_all(&dir.path().join("audit.jsonl"));
+    let queued = records[records_before..]
+        .iter()
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("Kerberos steps already wait on the KDC"))
+        })
+        .count();
+    assert!(
+        queued > 0,
+        "no request was queued: {:#?}",
+        &records[records_before..]
+    );
+    // At most four of them were steps waiting on the KDC itself; the others waited their turn.
+    let waited_on_the_kdc = records[records_before..]
+        .iter()
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("no answer from the KDC"))
+        })
+        .count();
+    assert!(
+        waited_on_the_kdc <= 4,
+        "{waited_on_the_kdc} steps waited on the KDC at once"
+    );
+    gw.stop().await;
+}
