@@ -42,6 +42,8 @@ pub struct HttpOrigin {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     seen: Seen,
+    /// Streamed answers (`/bytes/`, `/slow/`) whose last byte the origin has sent.
+    finished: Arc<AtomicUsize>,
 }
 
 /// A request as the origin received it.
@@ -61,13 +63,15 @@ impl HttpOrigin {
         let addr = listener.local_addr().expect("origin address");
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Seen::default();
-        let (counter, log) = (connections.clone(), seen.clone());
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (counter, log, done) = (connections.clone(), seen.clone(), finished.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let log = log.clone();
+                let (log, done) = (log.clone(), done.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(req, log.clone()));
+                    let service =
+                        service_fn(move |req| answer(req, log.clone(), done.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -78,7 +82,14 @@ impl HttpOrigin {
             addr,
             connections,
             seen,
+            finished,
         }
+    }
+
+    /// Streamed answers whose last byte the origin has sent: one not counted yet is still on
+    /// its way, whatever the clock says.
+    pub fn finished(&self) -> usize {
+        self.finished.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far (keep-alive reuse shows as fewer connections than requests).
@@ -112,7 +123,11 @@ impl HttpOrigin {
     }
 }
 
-async fn answer(req: Request<Incoming>, log: Seen) -> Result<Response<OutBody>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    log: Seen,
+    finished: Arc<AtomicUsize>,
+) -> Result<Response<OutBody>, Infallible> {
     let path = req.uri().path().to_string();
     // The streaming answers do not read a body: they are logged as they start.
     let started = |log: &Seen| {
@@ -132,6 +147,7 @@ async fn answer(req: Request<Incoming>, log: Seen) -> Result<Response<OutBody>, 
             Pattern {
                 left: n,
                 delay: None,
+                finished,
             }
             .boxed_unsync(),
         ));
@@ -144,6 +160,7 @@ async fn answer(req: Request<Incoming>, log: Seen) -> Result<Response<OutBody>, 
         let body = Pattern {
             left: n * 1024,
             delay: Some(Box::pin(tokio::time::sleep(Duration::from_millis(100)))),
+            finished,
         };
         return Ok(Response::new(body.boxed_unsync()));
     }
@@ -202,6 +219,8 @@ async fn answer(req: Request<Incoming>, log: Seen) -> Result<Response<OutBody>, 
 struct Pattern {
     left: u64,
     delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Counts this answer once its last piece is out.
+    finished: Arc<AtomicUsize>,
 }
 
 impl Body for Pattern {
@@ -228,6 +247,9 @@ impl Body for Pattern {
         static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
         let n = piece.min(self.left) as usize;
         self.left -= n as u64;
+        if self.left == 0 {
+            self.finished.fetch_add(1, Ordering::SeqCst);
+        }
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
     }
 
