@@ -576,7 +576,7 @@ fn check_config(path: Option<&Path>, preflight: bool, without_secrets: bool) -> 
             });
         }
         if let Some(c) = &u.credentials {
-            if u.kerberos.is_none() || u.auth.to_string() != "negotiate" {
+            if u.kerberos.is_none() || u.auth != passerelle_auth::AuthMode::Negotiate {
                 accounts.push(c.account());
             }
         }

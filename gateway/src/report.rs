@@ -191,7 +191,7 @@ pub fn summarize<'a>(lines: impl Iterator<Item = &'a str>, filter: &Filter) -> R
         }
         report.allowed += 1;
         slot.0 += 1;
-        let failed = e.status.is_some_and(|s| s == 502 || s == 504);
+        let failed = e.failed();
         let totals = report
             .flows
             .entry(e.flow.clone().unwrap_or_else(|| "none".into()))

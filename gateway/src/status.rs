@@ -50,7 +50,7 @@ impl Counts {
         } else {
             self.allowed += 1;
         }
-        if failed(e) {
+        if e.failed() {
             self.failed += 1;
         }
         self.bytes_up += e.bytes_up;
@@ -89,17 +89,6 @@ pub struct Failure {
     pub words_fr: &'static str,
     pub words_en: &'static str,
     pub id: String,
-}
-
-/// An allowed request that did not get through: a reason other than the client's own ending.
-fn failed(e: &AuditEvent) -> bool {
-    e.decision == Some(Decision::Allow)
-        && e.reason.is_some_and(|r| {
-            !matches!(
-                r,
-                Reason::Aborted | Reason::ClientGone | Reason::IdleTimeout | Reason::Shutdown
-            )
-        })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,7 +170,7 @@ impl Status {
                 per_flow.entry(flow).or_default().add(e);
             }
         }
-        if failed(e) {
+        if e.failed() {
             if inner.failures.len() == REFUSALS {
                 inner.failures.pop_front();
             }

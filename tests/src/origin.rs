@@ -70,8 +70,7 @@ impl HttpOrigin {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let (log, done) = (log.clone(), done.clone());
                 tokio::spawn(async move {
-                    let service =
-                        service_fn(move |req| answer(req, log.clone(), done.clone()));
+                    let service = service_fn(move |req| answer(req, log.clone(), done.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;

@@ -90,7 +90,7 @@ fn succeeded(e: &AuditEvent) -> Option<bool> {
     match (e.event, e.decision) {
         (EventKind::Account, _) => Some(false),
         (_, Some(Decision::Deny)) => Some(false),
-        (_, Some(Decision::Allow)) => Some(e.reason.is_none() && e.status.is_none_or(|s| s < 500)),
+        (_, Some(Decision::Allow)) => Some(!e.failed()),
         _ => None,
     }
 }

@@ -31,24 +31,23 @@ const MAGIC: &str = "passerelle-audit-key 1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the key {path}: {source}")]
+    #[error("cannot read the key {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot write the key {path}: {source}")]
+    #[error("cannot write the key {path}: {cause}")]
     Write {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the key {path} is not usable: {why}")]
     Malformed { path: PathBuf, why: String },
+    /// The value is not repeated: it may be a key given in the wrong place.
     #[error(
-        "{0:?} is not an initial key: it is v1:ORIGIN:HEX, as `passerelle audit keygen` printed it"
+        "this is not an initial key: it is v1:ORIGIN:HEX, as `passerelle audit keygen` printed it"
     )]
-    Initial(String),
+    Initial,
     #[error("{0} exists: a new initial key would orphan the records signed with the old one; move it away first")]
     Exists(PathBuf),
 }
@@ -116,9 +115,9 @@ impl std::fmt::Debug for Key {
 impl Key {
     /// Reads `path`: a forward-secure key file, or a static key.
     pub fn load(path: &Path) -> Result<Key, KeyError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Read {
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|cause| KeyError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?);
         if bytes.starts_with(MAGIC.as_bytes()) {
             let (origin, epoch, key) = parse_file(&bytes).map_err(|why| KeyError::Malformed {
@@ -213,9 +212,9 @@ impl Evolving {
     /// Writes the key file whole through a temporary file and a rename, then syncs both: no
     /// moment leaves a half-written key, and the old key's file is gone with the rename.
     fn save(&self) -> Result<(), KeyError> {
-        let write = |source| KeyError::Write {
+        let write = |cause| KeyError::Write {
             path: self.path.clone(),
-            source,
+            cause,
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("next");
@@ -305,7 +304,7 @@ pub struct BeforeBase;
 impl Known {
     /// `v1:ORIGIN:HEX`, as `passerelle audit keygen` printed it.
     pub fn initial(text: &str) -> Result<Known, KeyError> {
-        let bad = || KeyError::Initial(text.chars().take(12).collect::<String>() + "…");
+        let bad = || KeyError::Initial;
         let mut parts = text.trim().split(':');
         if parts.next() != Some("v1") {
             return Err(bad());
@@ -449,5 +448,9 @@ mod tests {
         for bad in ["v2:1:00", "v1:x:00", "v1:1:zz", "v1:1:0011"] {
             assert!(Known::initial(bad).is_err(), "{bad}");
         }
+        // A key given where the initial key goes is not echoed back.
+        let raw = "3f".repeat(32);
+        let said = Known::initial(&raw).unwrap_err().to_string();
+        assert!(!said.contains("3f3f"), "{said}");
     }
 }

@@ -62,15 +62,8 @@ pub(crate) struct LogShared {
 
 /// Connection-level refusals (before any request is read) are written at most this many per
 /// second per reason, after a burst; the next record written says how many it stands for.
-const REFUSALS_PER_SECOND: u32 = 20;
-const REFUSALS_BURST: u32 = 100;
-
-fn refusal_quota() -> governor::Quota {
-    let per_second =
-        std::num::NonZeroU32::new(REFUSALS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
-    let burst = std::num::NonZeroU32::new(REFUSALS_BURST).unwrap_or(std::num::NonZeroU32::MIN);
-    governor::Quota::per_second(per_second).allow_burst(burst)
-}
+const REFUSALS_PER_SECOND: std::num::NonZeroU32 = std::num::NonZeroU32::new(20).unwrap();
+const REFUSALS_BURST: std::num::NonZeroU32 = std::num::NonZeroU32::new(100).unwrap();
 
 /// Owns the writer thread and the forwarders' senders; [`AuditWriter::finish`] waits until
 /// every record is on disk.
@@ -85,10 +78,24 @@ pub struct AuditWriter {
 pub enum OpenError {
     #[error(transparent)]
     Sink(std::io::Error),
+    // The key's and the forwarders' errors say their cause themselves: not a source too, or
+    // the chain would say it twice.
     #[error("audit.key_file: {0}")]
-    Key(#[from] key::KeyError),
+    Key(key::KeyError),
     #[error("audit.forward: {0}")]
-    Forward(#[from] forward::ForwardError),
+    Forward(forward::ForwardError),
+}
+
+impl From<key::KeyError> for OpenError {
+    fn from(e: key::KeyError) -> OpenError {
+        OpenError::Key(e)
+    }
+}
+
+impl From<forward::ForwardError> for OpenError {
+    fn from(e: forward::ForwardError) -> OpenError {
+        OpenError::Forward(e)
+    }
 }
 
 impl AuditLog {
@@ -124,7 +131,9 @@ impl AuditLog {
             status: Arc::default(),
             capacity: Arc::default(),
             shutting_down: AtomicBool::new(false),
-            throttle: governor::RateLimiter::keyed(refusal_quota()),
+            throttle: governor::RateLimiter::keyed(
+                governor::Quota::per_second(REFUSALS_PER_SECOND).allow_burst(REFUSALS_BURST),
+            ),
             folded: Mutex::default(),
             forwarders,
         });

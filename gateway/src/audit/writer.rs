@@ -130,9 +130,10 @@ impl Writer {
             while !place.notices.is_empty() && rounds < 4 {
                 rounds += 1;
                 for notice in std::mem::take(&mut place.notices) {
+                    let now = stamped();
                     let event = AuditEvent {
-                        ts: stamped().ts,
-                        started_ms: stamped().started_ms,
+                        ts: now.ts,
+                        started_ms: now.started_ms,
                         ..notice
                     };
                     shared.metrics.observe(&event);

@@ -123,4 +123,17 @@ impl AuditEvent {
     pub fn is_deny(&self) -> bool {
         self.decision == Some(Decision::Deny)
     }
+
+    /// Allowed, then failed on the way (DNS, connect, TLS, the parent, a timeout): a reason
+    /// other than the client's own ending (the status page, the report and the SOC formats
+    /// count failures by this).
+    pub fn failed(&self) -> bool {
+        self.decision == Some(Decision::Allow)
+            && self.reason.is_some_and(|r| {
+                !matches!(
+                    r,
+                    Reason::Aborted | Reason::ClientGone | Reason::IdleTimeout | Reason::Shutdown
+                )
+            })
+    }
 }

@@ -745,3 +745,31 @@ fn help_says_what_passerelle_does_and_describes_every_argument() {
         assert_eq!(text.contains("--config"), reads, "{command:?}:\n{text}");
     }
 }
+
+#[test]
+fn a_forwarder_that_cannot_start_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("forward.toml");
+    // A spool under a file: its directory cannot be made.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[[audit.forward]]\nto = \"tcp:127.0.0.1:9\"\nspool_dir = \"{}\"\n",
+            blocker.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(passerelle_bin())
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("PASSERELLE__LISTEN__PROXY", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let said = "audit.forward: tcp:127.0.0.1:9: cannot open the spool";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
+}

@@ -544,7 +544,11 @@ async fn shutdown_lets_a_download_in_flight_finish_and_writes_every_record() {
         }
     })
     .await;
-    assert_eq!(origin.finished(), 0, "the download had ended before the stop");
+    assert_eq!(
+        origin.finished(),
+        0,
+        "the download had ended before the stop"
+    );
     let records = stopping.await.unwrap();
     let r = download.await.unwrap();
     assert_eq!((r.status, r.exit), (200, 0), "{r:?}");

@@ -171,15 +171,16 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("{name}: cannot open the spool {dir}: {source}")]
+    #[error("{name}: cannot open the spool {dir}: {cause}")]
     Spool {
         name: String,
         dir: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{name}: {why}")]
     Tls { name: String, why: String },
+    #[error("{name}: cannot start its sender thread: {cause}")]
+    Thread { name: String, cause: std::io::Error },
 }
 
 /// Opens every forwarder's spool and TLS settings and starts the senders.
@@ -193,11 +194,11 @@ pub(crate) fn start(
     for f in forwards {
         let spool = match &f.spool {
             Some(s) => Some(Arc::new(
-                Spool::open(&s.dir, s.max_bytes, s.on_full).map_err(|source| {
+                Spool::open(&s.dir, s.max_bytes, s.on_full).map_err(|cause| {
                     ForwardError::Spool {
                         name: f.name.clone(),
                         dir: s.dir.display().to_string(),
-                        source,
+                        cause,
                     }
                 })?,
             )),
@@ -233,14 +234,11 @@ pub(crate) fn start(
         forwarders.push(forwarder);
     }
     for (forwarder, spool, endpoint) in launch {
+        let name = forwarder.name.clone();
         let thread = std::thread::Builder::new()
             .name("audit-forward".into())
             .spawn(move || sender::run(forwarder, spool, endpoint))
-            .map_err(|source| ForwardError::Spool {
-                name: "audit-forward".into(),
-                dir: String::new(),
-                source,
-            })?;
+            .map_err(|cause| ForwardError::Thread { name, cause })?;
         threads.push(thread);
     }
     Ok((
